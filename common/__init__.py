@@ -1,0 +1,13 @@
+"""Shared code of the chest and eye bundle zoo.
+
+Sub-packages:
+    transforms:  MONAI dictionary transforms (CT, radiographs, OCT, EHR), referenced from bundle configs.
+    io:          readers and writers (DICOM series, MHD/RAW, atomic writes).
+    data:        datalist builders for the public layouts (decathlon, LUNA16, Kermany, EHR CSV).
+    synthetic:   seeded generators of synthetic data sets in the public layouts.
+    export:      ONNX export with a parity check, and an ONNX Runtime network for MONAI inferers.
+    metrics:     FROC/CPM, AUROC with bootstrap confidence intervals, calibration, Kermany's weighted error.
+    segmentation, detection, classification, oxygen: task code shared by the bundle configs.
+"""
+
+__version__ = "0.1.0"
