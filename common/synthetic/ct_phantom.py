@@ -679,19 +679,13 @@ def _add_pulmonary_trees(
         box_hi = np.array([ii.max() * step + step, jj.max() * step + step, kk.max() * zstep + zstep])
         n_pts = min(len(kk), 2 ** gens * 2)
 
-        def cloud() -> np.ndarray:
-            pick = rng.choice(len(kk), size=n_pts, replace=False)
-            jitter = rng.uniform(-0.5, 0.5, size=(n_pts, 3))
-            return np.stack([
-                grid.xr[0] + (ii[pick] * step + jitter[:, 0] * step) * grid.spacing[0],
-                grid.yr[0] + (jj[pick] * step + jitter[:, 1] * step) * grid.spacing[1],
-                grid.z[0] + (kk[pick] * zstep + jitter[:, 2] * zstep) * grid.spacing[2],
-            ], axis=1)
-
+        voxels = np.stack([ii * step, jj * step, kk * zstep], axis=1).astype(np.float64)
+        steps = np.array([step, step, zstep], dtype=np.float64)
+        origin = np.array([grid.xr[0], grid.yr[0], grid.z[0]], dtype=np.float64)
         root = grid.to_grid_frame(hilum)
-        airway_tree = _grow_tree(rng, root, cloud(), 6.5 * s, gens)
+        airway_tree = _grow_tree(rng, root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.5 * s, gens)
         vein_root = grid.to_grid_frame(hilum + np.array([0.0, 12.0 * s, -28.0 * s]))
-        vein_tree = _grow_tree(rng, vein_root, cloud(), 6.0 * s, gens)
+        vein_tree = _grow_tree(rng, vein_root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.0 * s, gens)
         offset_dir = grid.to_grid_frame(np.array([0.0, 1.0, 0.0])) - grid.to_grid_frame(np.zeros(3))
         vessels, walls, lumens = [], [], []
         for p0, p1, r, gen in airway_tree:
@@ -727,6 +721,14 @@ def _add_pulmonary_trees(
         val = region * (1.0 - tissue) + blood_hu * vfrac + 35.0 * np.maximum(wfrac - vfrac, 0.0)
         val = val * (1.0 - lfrac) - 1000.0 * lfrac
         np.copyto(region, val, where=in_lung)
+
+
+def _point_cloud(rng: np.random.Generator, voxels: np.ndarray, steps: np.ndarray, origin: np.ndarray,
+                 spacing: Sequence[float], n_points: int) -> np.ndarray:
+    """``n_points`` random grid-frame positions (mm) spread over the given (sub-sampled) voxels."""
+    pick = rng.choice(len(voxels), size=n_points, replace=False)
+    jitter = rng.uniform(-0.5, 0.5, size=(n_points, 3)) * steps
+    return origin + (voxels[pick] + jitter) * np.asarray(spacing, dtype=np.float64)
 
 
 class _SubGrid(_Grid):
