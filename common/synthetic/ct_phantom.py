@@ -149,7 +149,12 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class _Grid:
-    """The voxel grid in the body frame: index axes (z, x, y) during construction."""
+    """The voxel grid in the body frame.
+
+    During construction volumes are C-ordered ``(z, y, x)`` arrays, so that the final ``(X, Y, Z)`` view
+    (``transpose(2, 1, 0)``, no copy) is Fortran-ordered: x fastest, as NIfTI, MetaImage and DICOM
+    slices store voxels, which makes writing a plain copy. 2D fields are ``(y, x)``.
+    """
 
     def __init__(self, shape_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
                  centre_ij: tuple[float, float], z0: float, theta: float) -> None:
@@ -161,7 +166,7 @@ class _Grid:
         self.yr = ((np.arange(ny) - centre_ij[1]) * sy).astype(np.float32)  # +anterior
         self.z = (z0 + np.arange(nz) * sz).astype(np.float32)  # lung frame: 0 = lowest lung point
         self.cos, self.sin = math.cos(theta), math.sin(theta)
-        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="ij")
+        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="xy")  # (ny, nx)
         self.u = (self.cos * xr2 + self.sin * yr2).astype(np.float32)  # patient frame, +right
         self.v = (-self.sin * xr2 + self.cos * yr2).astype(np.float32)  # patient frame, +anterior
 
@@ -197,21 +202,21 @@ def _segment_boxes(
         d = (p1 - p0).astype(np.float32)
         length2 = float(d @ d)
         dz = (grid.z[k0:k1] - np.float32(p0[2]))[:, None, None]
-        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, :, None]
-        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, None, :]
+        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, :, None]
+        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, None, :]
         if length2 > 1e-9:
             t = np.clip((dx * d[0] + dy * d[1] + dz * d[2]) / length2, 0.0, 1.0)
             qx, qy, qz = dx - t * d[0], dy - t * d[1], dz - t * d[2]
         else:
             qx, qy, qz = dx, dy, dz
         dist = np.sqrt(qx * qx + qy * qy + qz * qz)
-        yield (slice(k0, k1), slice(i0, i1), slice(j0, j1)), dist, index
+        yield (slice(k0, k1), slice(j0, j1), slice(i0, i1)), dist, index
 
 
 def _render_capsules(
     target: np.ndarray, grid: _Grid, segments: Sequence[tuple[np.ndarray, np.ndarray, float]], edge: float
 ) -> None:
-    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, x, y)."""
+    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, y, x)."""
     for box, dist, index in _segment_boxes(grid, segments, pad=edge):
         radius = segments[index][2]
         frac = np.clip(0.5 + (radius - dist) / edge, 0.0, 1.0)
@@ -430,12 +435,12 @@ def make_chest_phantom(
     def to_grid(tubes: list) -> list:
         return [(grid.to_grid_frame(p0), grid.to_grid_frame(p1), r) for p0, p1, r in tubes]
 
-    shape_zxy = (nz, matrix, matrix)
-    # structure fractions in (z, x, y)
-    airway_frac = np.zeros(shape_zxy, np.float32)  # trachea + main bronchi, outer wall
-    lumen_frac = np.zeros(shape_zxy, np.float32)
-    aorta_frac = np.zeros(shape_zxy, np.float32)
-    eso_frac = np.zeros(shape_zxy, np.float32)
+    shape_zyx = (nz, matrix, matrix)
+    # structure fractions in (z, y, x)
+    airway_frac = np.zeros(shape_zyx, np.float32)  # trachea + main bronchi, outer wall
+    lumen_frac = np.zeros(shape_zyx, np.float32)
+    aorta_frac = np.zeros(shape_zyx, np.float32)
+    eso_frac = np.zeros(shape_zyx, np.float32)
     _render_capsules(airway_frac, grid, to_grid(airway_tubes), edge)
     _render_capsules(lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge)
     _render_capsules(aorta_frac, grid, to_grid(aorta_tubes), edge)
@@ -451,8 +456,8 @@ def make_chest_phantom(
     # lung parenchyma HU (2D part): gravity-dependent density gradient + smooth texture
     post_frac = np.clip((bca0 - v) / (bca0 + bcp0), 0.0, 1.0)
     lung_base2d = (lung_hu + gravity_hu * post_frac ** 2).astype(np.float32)
-    tex_a = _random_field_2d(rng, grid.xr, grid.yr, 3, (40.0, 110.0)) * 8.0
-    tex_b = _random_field_2d(rng, grid.xr, grid.yr, 3, (25.0, 70.0)) * 6.0
+    tex_a = _random_field_2d(rng, grid.yr, grid.xr, 3, (40.0, 110.0)) * 8.0
+    tex_b = _random_field_2d(rng, grid.yr, grid.xr, 3, (25.0, 70.0)) * 6.0
     tex_wave = (2 * math.pi / rng.uniform(40, 100), rng.uniform(0, 2 * math.pi))
 
     # rib cage
@@ -468,15 +473,15 @@ def make_chest_phantom(
     # table (2D, same on every slice)
     table2d = None
     if c["table"]:
-        xr2 = np.broadcast_to(grid.xr[:, None], (matrix, matrix))
-        yr2 = np.broadcast_to(grid.yr[None, :], (matrix, matrix))
+        xr2 = np.broadcast_to(grid.xr[None, :], (matrix, matrix))
+        yr2 = np.broadcast_to(grid.yr[:, None], (matrix, matrix))
         top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2 ** 2
         table2d = (yr2 < top) & (yr2 > top - 9.0) & (np.abs(xr2) < 0.85 * fov / 2)
 
-    hu_zxy = np.empty(shape_zxy, np.float32)
-    label_zxy = np.zeros(shape_zxy, np.uint8)
-    bone_zxy = np.zeros(shape_zxy, bool)
-    body_zxy = np.zeros(shape_zxy, bool)
+    hu_zyx = np.empty(shape_zyx, np.float32)
+    label_zyx = np.zeros(shape_zyx, np.uint8)
+    bone_zyx = np.zeros(shape_zyx, bool)
+    body_zyx = np.zeros(shape_zyx, bool)
 
     for k, z in enumerate(grid.z.tolist()):
         a_b, ba_b, bp_b = torso_axes(z)
@@ -534,8 +539,8 @@ def make_chest_phantom(
                 continue
             g2 = 1.0 - ((z - widest) / (apex - widest)) ** 2 if z > widest else 1.0
             lung = lung_core & side & (ell < g2 * (1.0 + eps))
-            label_zxy[k][lung] = label
-        lung_any = label_zxy[k] > 0
+            label_zyx[k][lung] = label
+        lung_any = label_zyx[k] > 0
         wave = math.cos(tex_wave[0] * z + tex_wave[1])
         sl[lung_any] = (lung_base2d + tex_a * wave + tex_b * (1.0 - wave))[lung_any]
 
@@ -610,22 +615,22 @@ def make_chest_phantom(
             sl[scap] = 560.0
             bone = bone | scap
 
-        hu_zxy[k] = sl
-        bone_zxy[k] = bone
-        body_zxy[k] = body
+        hu_zyx[k] = sl
+        bone_zyx[k] = bone
+        body_zyx[k] = body
 
     # ---- intrapulmonary vessels and airways ----
-    _add_pulmonary_trees(rng, grid, hu_zxy, label_zxy, c, s, hilum_r, hilum_l, blood_hu, edge)
+    _add_pulmonary_trees(rng, grid, hu_zyx, label_zyx, c, s, hilum_r, hilum_l, blood_hu, edge)
 
     # lung label: trachea and main bronchi are not lung
-    label_zxy[airway_frac > 0.5] = 0
+    label_zyx[airway_frac > 0.5] = 0
 
-    hu = np.ascontiguousarray(hu_zxy.transpose(1, 2, 0))
-    lung_label = np.ascontiguousarray(label_zxy.transpose(1, 2, 0))
-    bone_mask = np.ascontiguousarray(bone_zxy.transpose(1, 2, 0))
-    body_mask = np.ascontiguousarray(body_zxy.transpose(1, 2, 0))
-    airway_mask = np.ascontiguousarray((lumen_frac > 0.5).transpose(1, 2, 0))
-    del hu_zxy, label_zxy, bone_zxy, body_zxy
+    # (z, y, x) C-order -> (x, y, z) Fortran-order views: no copy
+    hu = hu_zyx.transpose(2, 1, 0)
+    lung_label = label_zyx.transpose(2, 1, 0)
+    bone_mask = bone_zyx.transpose(2, 1, 0)
+    body_mask = body_zyx.transpose(2, 1, 0)
+    airway_mask = (lumen_frac > 0.5).transpose(2, 1, 0)
 
     # world frame: RAS, voxel (0,0,0) placed like a scanner reconstruction (isocentre near 0)
     table_z = -rng.uniform(80.0, 350.0)
@@ -658,7 +663,7 @@ def make_chest_phantom(
 
 
 def _add_pulmonary_trees(
-    rng: np.random.Generator, grid: _Grid, hu_zxy: np.ndarray, label_zxy: np.ndarray, c: Mapping[str, Any],
+    rng: np.random.Generator, grid: _Grid, hu_zyx: np.ndarray, label_zyx: np.ndarray, c: Mapping[str, Any],
     s: float, hilum_r: np.ndarray, hilum_l: np.ndarray, blood_hu: float, edge: float,
 ) -> None:
     """Arteries running with the airways, and veins, branching from each hilum to fill the lung."""
@@ -666,13 +671,13 @@ def _add_pulmonary_trees(
     air_gens = int(c["airway_generations"])
     if gens <= 0:
         return
-    nz, nx, ny = hu_zxy.shape
+    nz, ny, nx = hu_zyx.shape
     for label, hilum in ((1, hilum_r), (2, hilum_l)):
         # a cloud of points spread through this lung (a coarse sub-sample of its voxels)
         step = max(1, int(round(4.0 / max(grid.spacing[0], 1e-3))))
         zstep = max(1, int(round(4.0 / grid.spacing[2])))
-        coarse = label_zxy[::zstep, ::step, ::step] == label
-        kk, ii, jj = np.nonzero(coarse)
+        coarse = label_zyx[::zstep, ::step, ::step] == label
+        kk, jj, ii = np.nonzero(coarse)
         if len(kk) < 16:
             continue
         box_lo = np.array([ii.min() * step, jj.min() * step, kk.min() * zstep])
@@ -709,14 +714,14 @@ def _add_pulmonary_trees(
         i0, i1 = int(box_lo[0]), int(min(nx, box_hi[0] + 1))
         j0, j1 = int(box_lo[1]), int(min(ny, box_hi[1] + 1))
         sub = _SubGrid(grid, (i0, i1), (j0, j1), (k0, k1))
-        vfrac = np.zeros((k1 - k0, i1 - i0, j1 - j0), np.float32)
+        vfrac = np.zeros((k1 - k0, j1 - j0, i1 - i0), np.float32)
         wfrac = np.zeros_like(vfrac)
         lfrac = np.zeros_like(vfrac)
         _render_capsules(vfrac, sub, vessels, edge)
         _render_capsules(wfrac, sub, walls, edge)
         _render_capsules(lfrac, sub, lumens, edge)
-        region = hu_zxy[k0:k1, i0:i1, j0:j1]
-        in_lung = label_zxy[k0:k1, i0:i1, j0:j1] == label
+        region = hu_zyx[k0:k1, j0:j1, i0:i1]
+        in_lung = label_zyx[k0:k1, j0:j1, i0:i1] == label
         tissue = np.maximum(vfrac, wfrac)
         val = region * (1.0 - tissue) + blood_hu * vfrac + 35.0 * np.maximum(wfrac - vfrac, 0.0)
         val = val * (1.0 - lfrac) - 1000.0 * lfrac
@@ -761,14 +766,17 @@ def add_ct_noise(phantom: ChestPhantom, rng: np.random.Generator, correlation_px
     """
     from scipy.ndimage import gaussian_filter1d
 
-    noise = rng.standard_normal(phantom.hu.shape, dtype=np.float32)
+    # drawn in (z, y, x) C-order and viewed as (x, y, z): the layout of the phantom's arrays
+    noise = rng.standard_normal(phantom.hu.shape[::-1], dtype=np.float32)
     if correlation_px > 0:
-        noise = gaussian_filter1d(noise, correlation_px, axis=0, mode="wrap")
-        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap")
+        noise = gaussian_filter1d(noise, correlation_px, axis=2, mode="wrap", truncate=3.0)
+        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap", truncate=3.0)
         # the variance of Gaussian-smoothed white noise: 1 / (4 pi sigma^2) for sigma >~ 0.7 voxel
-        kernel = np.exp(-0.5 * (np.arange(-8, 9) / correlation_px) ** 2)
+        radius = int(3.0 * correlation_px + 0.5)
+        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation_px) ** 2)
         kernel /= kernel.sum()
         noise *= np.float32(1.0 / (kernel @ kernel))
+    noise = noise.transpose(2, 1, 0)
     nx, ny, _ = phantom.hu.shape
     ci, cj = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
     profile = (phantom.noise_sd * (1.08 - 0.15 * (ci**2 + cj**2))).astype(np.float32)
