@@ -368,14 +368,18 @@ def make_chest_phantom(
     carina_z = lung_height * rng.uniform(0.60, 0.68)
 
     # diaphragm surfaces (2D): lowest at the posterior/lateral recesses, dome under each lung
-    def dome_surface(cx: float, dome: float) -> np.ndarray:
-        rho2 = ((u - cx) / (0.75 * a_c0)) ** 2 + ((v - 0.2 * bca0) / (1.05 * bca0)) ** 2
-        z_low = 0.14 * lung_height * np.clip(v / bca0, 0.0, 1.0)
-        return (z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))).astype(np.float32)
+    def dome_surface(uu: np.ndarray, vv: np.ndarray, cx: float, dome: float) -> np.ndarray:
+        rho2 = ((uu - cx) / (0.75 * a_c0)) ** 2 + ((vv - 0.2 * bca0) / (1.05 * bca0)) ** 2
+        z_low = 0.14 * lung_height * np.clip(vv / bca0, 0.0, 1.0)
+        return z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))
 
-    blend = (1.0 / (1.0 + np.exp(-u / 12.0))).astype(np.float32)
-    z_dia = blend * dome_surface(0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(-0.45 * a_c0, dome_l)
-    z_dia -= 6.0 * s * np.exp(-((u + 0.1 * a_c0) ** 2 + (v - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2)).astype(np.float32)
+    def diaphragm(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
+        blend = 1.0 / (1.0 + np.exp(-uu / 12.0))
+        z = blend * dome_surface(uu, vv, 0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(uu, vv, -0.45 * a_c0, dome_l)
+        # the central tendon under the heart sags a little
+        return z - 6.0 * s * np.exp(-((uu + 0.1 * a_c0) ** 2 + (vv - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2))
+
+    z_dia = diaphragm(u, v).astype(np.float32)
 
     # lung apex ellipses (2D, normalised radius squared)
     ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
@@ -398,7 +402,9 @@ def make_chest_phantom(
     # heart (in-plane rotated ellipsoid sitting on the diaphragm, to the left and anterior)
     heart_axes = np.array([62.0, 47.0, 52.0]) * s * rng.uniform(0.9, 1.12, size=3)
     heart_rot = math.radians(rng.uniform(25.0, 45.0))
-    heart_c = np.array([-0.2 * a_c0, bca0 - 0.95 * heart_axes[1], min(dome_r, dome_l) - 8 * s + 0.75 * heart_axes[2]])
+    heart_uv = (-0.2 * a_c0, bca0 - 0.95 * heart_axes[1])
+    # the heart rests on the diaphragm: its lower third is a column standing on the central tendon
+    heart_c = np.array([*heart_uv, float(diaphragm(np.array(heart_uv[0]), np.array(heart_uv[1]))) + 0.45 * heart_axes[2]])
     hu_c, hs_c = math.cos(heart_rot), math.sin(heart_rot)
     hu_ = (u - heart_c[0]) * hu_c + (v - heart_c[1]) * hs_c
     hv_ = -(u - heart_c[0]) * hs_c + (v - heart_c[1]) * hu_c
@@ -523,8 +529,8 @@ def make_chest_phantom(
         v_vb = vertebra_v(z)
         spine_q = (u / (rvb_lr + 4.0 * s)) ** 2 + ((v - v_vb) / (rvb_ap + 4.0 * s)) ** 2
         excl = spine_q < 1.0
-        if abs(z - heart_c[2]) < heart_axes[2] + 4.0 * s:
-            dzh = (z - heart_c[2]) / (heart_axes[2] + 4.0 * s)
+        if z < heart_c[2] + heart_axes[2] + 4.0 * s:
+            dzh = max((z - heart_c[2]) / (heart_axes[2] + 4.0 * s), 0.0)
             excl |= heart_q2d < (1.0 - dzh * dzh) * (1.0 + 4.0 * s / heart_axes[0]) ** 2
         # central mediastinum (great vessels, trachea, oesophagus, left atrium): widest where it meets the
         # heart, narrower toward the neck and the diaphragm
@@ -545,15 +551,16 @@ def make_chest_phantom(
         sl[lung_any] = (lung_base2d + tex_a * wave + tex_b * (1.0 - wave))[lung_any]
 
         # ---- heart, great vessels, airways, oesophagus ----
-        if abs(z - heart_c[2]) < heart_axes[2] * 1.08:
-            dzh = (z - heart_c[2]) / heart_axes[2]
+        if z < heart_c[2] + heart_axes[2] * 1.08:
+            dzh = max((z - heart_c[2]) / heart_axes[2], 0.0)
             f2 = 1.0 - dzh * dzh
+            in_chest = cavity & above
             if f2 > -0.17:
-                sl[(heart_q2d < max(f2, 0.0) * 1.17) & cavity] = -95.0  # epicardial fat
+                sl[(heart_q2d < max(f2, 0.0) * 1.17) & in_chest] = -95.0  # epicardial fat
             if f2 > 0:
-                sl[(heart_q2d < f2) & cavity] = 42.0  # myocardium
+                sl[(heart_q2d < f2) & in_chest] = 42.0  # myocardium
                 if contrast:
-                    sl[(heart_q2d < f2 * 0.55) & cavity] = blood_hu
+                    sl[(heart_q2d < f2 * 0.55) & in_chest] = blood_hu
         frac = aorta_frac[k]
         m = frac > 0
         sl[m] = sl[m] * (1 - frac[m]) + blood_hu * frac[m]

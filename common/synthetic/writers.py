@@ -273,6 +273,7 @@ def write_dicom_ct_series(
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp_dir, folder)
+        folder.chmod(0o755)  # mkdtemp made it private
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
