@@ -776,8 +776,10 @@ def add_ct_noise(phantom: ChestPhantom, rng: np.random.Generator, correlation_px
     # drawn in (z, y, x) C-order and viewed as (x, y, z): the layout of the phantom's arrays
     noise = rng.standard_normal(phantom.hu.shape[::-1], dtype=np.float32)
     if correlation_px > 0:
-        noise = gaussian_filter1d(noise, correlation_px, axis=2, mode="wrap", truncate=3.0)
-        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap", truncate=3.0)
+        smoothed = np.empty_like(noise)
+        gaussian_filter1d(noise, correlation_px, axis=2, mode="wrap", truncate=3.0, output=smoothed)
+        gaussian_filter1d(smoothed, correlation_px, axis=1, mode="wrap", truncate=3.0, output=noise)
+        del smoothed
         # the variance of Gaussian-smoothed white noise: 1 / (4 pi sigma^2) for sigma >~ 0.7 voxel
         radius = int(3.0 * correlation_px + 0.5)
         kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation_px) ** 2)
