@@ -832,9 +832,9 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
 
     out_dir = Path(out_dir)
     rng = make_rng(seed, "lung_ct", number)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     phantom = make_chest_phantom(rng, phantom_cfg)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     write_nifti(out_dir / image_dir / f"{case_id}.nii.gz", phantom.hu, phantom.affine, np.int16)
     write_nifti(out_dir / label_dir / f"{case_id}.nii.gz", phantom.lung_label, phantom.affine, np.uint8)
     if write_mhd:
@@ -843,7 +843,7 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     if write_dicom:
         write_dicom_ct_series(out_dir / "dicom" / case_id, phantom.hu, phantom.affine, uid_parts=(seed, "lung_ct", case_id),
                               patient_number=number)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     return {
         "id": case_id,
         "shape": list(phantom.shape),
@@ -853,6 +853,8 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
         "params": phantom.params,
         "seconds_phantom": t1 - t0,
         "seconds_write": t2 - t1,
+        "cpu_seconds_phantom": c1 - c0,
+        "cpu_seconds_write": c2 - c1,
     }
 
 
@@ -958,8 +960,9 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         out_dir: keep the data here instead of a temporary folder.
 
     Returns:
-        ``{"n_scans", "spacing_mm", "num_workers", "seconds", "seconds_per_scan", "mean_shape",
-        "phantom_seconds_mean", "write_seconds_mean"}``.
+        wall ``seconds`` and ``cpu_seconds`` (this process and its workers; ``cpu_seconds / num_workers``
+        is what the run takes on idle cores), per scan, the mean volume shape, the mean wall and CPU
+        seconds of building a phantom and of writing it, and the 1-minute load average at the end.
     """
     import shutil
     import tempfile
@@ -970,11 +973,17 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         "num_train": n_scans - n_test - n_val, "num_val": n_val, "num_test": n_test, "num_workers": num_workers,
         "phantom": {"in_plane_spacing_mm": spacing, "slice_spacing_mm": [spacing, spacing]},
     }
+    import resource
+
+    def cpu_now() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_ct_"))
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_now()
         generate_lung_ct(target, config=config, seed=0)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, cpu_now() - cpu0
     finally:
         if out_dir is None:
             shutil.rmtree(target, ignore_errors=True)
@@ -986,7 +995,14 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         "num_workers": num_workers,
         "seconds": round(seconds, 2),
         "seconds_per_scan": round(seconds / max(n_scans, 1), 3),
+        # CPU time of this process and its workers: seconds / num_workers is the wall time on otherwise idle
+        # cores, whatever else the machine was doing during the measurement
+        "cpu_seconds": round(cpu_seconds, 2),
+        "cpu_seconds_per_scan": round(cpu_seconds / max(n_scans, 1), 3),
         "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)] if cases else None,
         "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3) if cases else None,
         "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3) if cases else None,
+        "phantom_cpu_seconds_mean": round(float(np.mean([c["cpu_seconds_phantom"] for c in cases])), 3) if cases else None,
+        "write_cpu_seconds_mean": round(float(np.mean([c["cpu_seconds_write"] for c in cases])), 3) if cases else None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
