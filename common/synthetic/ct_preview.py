@@ -133,6 +133,6 @@ def nodule_montage(path: str | os.PathLike, seed: int = 0, n_nodules: int = 12) 
 
 
 def write_previews(out_dir: str | os.PathLike = "docs/images", seed: int = 0) -> list[Path]:
-    """Write ``synthetic_ct.png`` and ``synthetic_nodules.png`` into ``out_dir``."""
+    """Write ``ct_phantoms.png`` and ``ct_nodules.png`` into ``out_dir``."""
     out = Path(out_dir)
-    return [ct_montage(out / "synthetic_ct.png", seed=seed), nodule_montage(out / "synthetic_nodules.png", seed=seed)]
+    return [ct_montage(out / "ct_phantoms.png", seed=seed), nodule_montage(out / "ct_nodules.png", seed=seed)]
