@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from dicom_factory import write_ct_series
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, Orientationd, Spacingd
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import Compose, Invertd, Orientationd, SaveImaged, Spacingd
 
 from common.errors import InputDataError
 from common.transforms import HUWindowd, LoadCTd, LoadLabelVolumed
@@ -94,6 +94,22 @@ def test_orientation_spacing_invert_round_trip(tmp_path):
     interior = (slice(2, -2), slice(2, -2), slice(1, -1))
     np.testing.assert_allclose(inverted[0].numpy()[interior], hu[interior], atol=0.5)
 
+    # SaveImaged names the output after the series folder and writes it on the input grid
+    SaveImaged(
+        "pred", output_dir=tmp_path / "out", output_postfix="seg", resample=False, separate_folder=False
+    )({"pred": inverted})
+    saved = nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    assert saved.shape == (20, 18, 8)
+    np.testing.assert_allclose(saved.affine, _affine_ras(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(saved.dataobj)[interior], hu[interior], atol=0.5)
+
+
+def test_mixed_formats_collate_into_one_batch(ct_files):
+    load = LoadCTd("image")
+    batch = list_data_collate([load({"image": str(ct_files[k])}) for k in ("nifti", "dicom", "mhd")])
+    assert batch["image"].shape == (3, 1, 20, 18, 8)
+    assert batch["image"].meta["ct_format"] == ["nifti", "dicom", "mhd"]
+
 
 def test_label_volume_follows_the_image_grid(tmp_path):
     labels = np.zeros((10, 9, 6), np.uint8)
@@ -108,6 +124,11 @@ def test_label_volume_follows_the_image_grid(tmp_path):
     np.testing.assert_allclose(lab.affine.numpy(), _affine_ras())
     lab8 = LoadLabelVolumed("label", dtype=torch.uint8)({"label": str(path)})["label"]
     assert lab8.dtype == torch.uint8
+
+
+def test_label_volume_from_dicom_is_refused(ct_files):
+    with pytest.raises(InputDataError, match="convert it to NIfTI"):
+        LoadLabelVolumed("label")({"label": str(ct_files["dicom"])})
 
 
 def test_label_volume_with_fractions_is_refused(tmp_path):

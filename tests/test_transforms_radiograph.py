@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import torch
 from dicom_factory import write_radiograph
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose, Invertd
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -169,3 +169,13 @@ def test_letterbox_wide_image_pads_top_and_bottom():
     sq = LetterboxResized("image", size=60, mode="nearest")({"image": image})["image"]
     np.testing.assert_array_equal(sq.meta["letterbox_pad"], [20, 20, 0, 0])
     assert float(sq[0, :20].sum()) == 0.0 and float(sq[0, 20:40].min()) == 1.0
+
+
+def test_png_and_dicom_collate_into_one_batch(tmp_path):
+    Image.fromarray((_ramp(40, 30, 255)).astype(np.uint8)).save(tmp_path / "a.png")
+    write_radiograph(tmp_path / "b.dcm", _ramp(), modality="DX", photometric="MONOCHROME1")
+    load = Compose([LoadRadiographd("image"), LetterboxResized("image", size=32)])
+    batch = list_data_collate([load({"image": str(tmp_path / n)}) for n in ("a.png", "b.dcm")])
+    assert batch["image"].shape == (2, 1, 32, 32)
+    assert batch["image"].meta["image_format"] == ["png", "dicom"]
+    assert batch["image"].meta["image_inverted"].tolist() == [False, True]

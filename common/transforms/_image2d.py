@@ -19,6 +19,19 @@ _IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
+def image_info(
+    fmt: str, modality: str = "", photometric: str = "", bits: int = 8, inverted: bool = False
+) -> dict[str, Any]:
+    """The same keys for every source, so that a batch mixing PNG and DICOM collates."""
+    return {
+        "format": fmt,
+        "modality": modality,
+        "photometric": photometric,
+        "bits": int(bits),
+        "inverted": inverted,
+    }
+
+
 def _grey_from_colour(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) -> (H, W): exact when the channels are equal (a grey image saved as RGB)."""
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
@@ -41,6 +54,7 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a worker
             mode = img.mode
+            fmt = str(img.format or "image").lower()
             n_frames = getattr(img, "n_frames", 1)
             if mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -53,7 +67,7 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise InputDataError(path, f"the image cannot be decoded (truncated or corrupt file): {e}") from e
-    info: dict[str, Any] = {"format": "image", "mode": mode}
+    info = image_info(fmt, photometric=mode, bits=1 if array.dtype == bool else 8 * array.dtype.itemsize)
     if n_frames > 1:
         raise InputDataError(path, f"an image with {n_frames} frames; {what} must be one frame")
     if array.ndim == 3:
@@ -68,7 +82,6 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         grey = array / 255.0
     elif array.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")) or mode.startswith("I;16"):
         grey = array.astype(np.float64) / 65535.0
-        info["bits"] = 16
     elif np.issubdtype(array.dtype, np.integer):  # mode "I": 32-bit container, usually 16-bit data
         top = 65535.0 if array.min() >= 0 and array.max() <= 65535 else None
         grey = _minmax(array, path) if top is None else array / top
@@ -149,7 +162,7 @@ def read_dicom_image(
             path, f"cannot decode the DICOM pixel data (transfer syntax {name}): {type(e).__name__}: {e}"
         ) from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    info: dict[str, Any] = {"format": "dicom", "modality": modality, "photometric": photometric}
+    info = image_info("dicom", modality, photometric, bits=int(ds.get("BitsStored", 16) or 16))
     spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
     if spacing is not None:
         info["pixel_spacing"] = (float(spacing[0]), float(spacing[1]))
