@@ -69,6 +69,18 @@ def test_oblique_descending_series_uses_the_slice_normal(tmp_path):
     np.testing.assert_allclose(read_affine[:3, 3], [120.0, 110.0, 30.0], atol=1e-4)
 
 
+def test_gantry_tilt_keeps_exact_geometry_and_warns(tmp_path, caplog):
+    hu = _phantom(seed=8)
+    # 2.5 mm along the normal and 0.5 mm posterior per slice: about 11.3 degrees of tilt
+    _, affine = write_ct_series(tmp_path / "s", hu, shift_per_slice=(0.0, 0.5, 0.0))
+    with caplog.at_level(logging.WARNING, logger="common.io.dicom"):
+        volume, read_affine, _ = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(volume, hu)
+    np.testing.assert_allclose(read_affine, affine, atol=1e-4)
+    np.testing.assert_allclose(read_affine[:3, 2], [0.0, -0.5, 2.5], atol=1e-4)
+    assert "11.3 degrees" in caplog.text and "gantry tilt" in caplog.text
+
+
 def test_real_ct_slices_rescaled_to_hu_air_near_minus_1000(tmp_path):
     src = _copies_of_real_slice("693_UNCR.dcm", tmp_path / "ct", n=3, order=[2, 0, 1])
     volume, affine, _ = read_dicom_series(tmp_path / "ct")

@@ -406,6 +406,15 @@ def read_dicom_series(
 
     # Columns of the affine: step along i (a row), along j (a column), along k (sorted slices).
     step_k = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+    tilt = float(
+        np.degrees(np.arccos(np.clip(abs(np.dot(step_k, normal)) / np.linalg.norm(step_k), 0.0, 1.0)))
+    )
+    if tilt > 0.5:
+        # Gantry tilt: slices are stacked off the normal. The sheared affine keeps the exact geometry;
+        # resampling (Spacingd) to an orthogonal grid follows it.
+        logger.warning(
+            "%s: slices are stacked %.1f degrees off their normal (gantry tilt)", folder_for_errors, tilt
+        )
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = ref.row_cosine * ref.spacing[1]
     affine_lps[:3, 1] = ref.col_cosine * ref.spacing[0]

@@ -176,11 +176,13 @@ def read_dicom_image(
         rgb = apply_color_lut(pixels, ds)
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         return _finish(_grey_from_colour(rgb) / top, path, what), info
-    arr = apply_modality_lut(pixels, ds).astype(np.float64)
+    # VOI LUTs are indexed by the (integer) modality output: cast to float only afterwards.
+    arr = apply_modality_lut(pixels, ds)
     if apply_voi:
         arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
         lo, hi = _output_range(ds, arr)
     else:
+        arr = arr.astype(np.float64)
         lo, hi = float(arr.min()), float(arr.max())
     grey = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     inverse = str(ds.get("PresentationLUTShape", "") or "").upper() == "INVERSE"
