@@ -114,6 +114,7 @@ def test_several_series_picks_most_slices_logs_without_identifiers(tmp_path, cap
     write_ct_series(folder / "b", hu, series_description="LUNG 1mm", series_number=5)
     write_radiograph(folder / "cr.dcm", np.zeros((8, 8)), modality="CR")
     (folder / "notes.txt").write_text("not dicom")
+    (folder / "b" / "readme.dcm").write_text("a text file named like a slice")
     (folder / "DICOMDIR").write_bytes(b"\0" * 300)
     with caplog.at_level(logging.INFO, logger="common.io.dicom"):
         volume, _, meta = read_dicom_series(folder)
@@ -175,6 +176,15 @@ def test_missing_slice_gives_uneven_spacing_error(tmp_path):
     with pytest.raises(InputDataError, match="uneven slice spacing.*missing slice") as e:
         read_dicom_series(tmp_path)
     assert str(tmp_path) in str(e.value)
+
+
+def test_truncated_slice_names_the_file(tmp_path):
+    files, _ = write_ct_series(tmp_path, _phantom((16, 16, 4)))
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - 100])
+    with pytest.raises(InputDataError, match="pixel data") as e:
+        read_dicom_series(tmp_path)
+    assert str(files[2]) in str(e.value)
 
 
 def test_duplicate_positions_is_an_error(tmp_path):
