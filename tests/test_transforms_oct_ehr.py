@@ -158,3 +158,7 @@ def test_read_ehr_csv_allows_empty_cells(tmp_path, spec_file):
     assert rows[2]["crp"] == "" and rows[2]["o2_24h"] == ""
     vector, imputed = FeatureSpec.from_yaml(spec_file).vectorise(rows[1])
     assert imputed == ["spo2", "crp"] and vector[3] == 1.0 and vector[4] == 0.0
+    # a flat CSV row goes straight into the transform
+    out = EHRVectord("ehr", spec=str(spec_file), from_item=True)(rows[0])
+    np.testing.assert_allclose(out["ehr"].numpy(), [(93 - 95) / 3, -0.4, (12 - 40) / 60, 0, 1, 0], rtol=1e-6)
+    assert out["ehr_imputed"] == "resp_rate" and out["image"] == "img/a.png"
