@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
@@ -122,6 +123,27 @@ def test_several_series_picks_most_slices_logs_without_identifiers(tmp_path, cap
     assert meta["series_description"] == "LUNG 1mm"
     assert "LUNG 1mm" in caplog.text and "9 slices" in caplog.text and "SCOUT" in caplog.text
     assert "Doe" not in caplog.text and "SECRET" not in caplog.text
+
+
+def test_unconvertible_header_values_are_tolerated_quietly(tmp_path, caplog):
+    files, _ = write_ct_series(tmp_path, _phantom((6, 6, 3)), series_number=37)
+    series_number = b"\x20\x00\x11\x00IS\x02\x0037"  # (0020,0011) IS, 2 bytes: "37"
+    for path in files:
+        data = path.read_bytes()
+        assert data.count(series_number) == 1
+        path.write_bytes(data.replace(series_number, series_number[:-1] + b"Q"))  # "3Q": not an IS
+    with warnings.catch_warnings(record=True) as caught:  # plain pydicom quotes the value in a warning
+        warnings.simplefilter("always")
+        _ = pydicom.dcmread(files[0]).SeriesNumber
+    assert any("3Q" in str(w.message) for w in caught)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume, _, meta = read_dicom_series(tmp_path)
+    assert volume.shape == (6, 6, 3) and meta["series_number"] == -1
+    # pydicom's value warnings quote the value; none reaches a warning or a log line
+    assert "3Q" not in caplog.text
+    assert not [w for w in caught if "3Q" in str(w.message)]
 
 
 def test_series_uid_selects_a_series(tmp_path):

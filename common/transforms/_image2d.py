@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputDataError
-from common.io.dicom import RADIOGRAPH_MODALITIES, read_dicom_file
+from common.io.dicom import RADIOGRAPH_MODALITIES, quiet_value_validation, read_dicom_file
 from common.transforms._meta import check_file, lower_name, sniff_format
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -136,6 +136,13 @@ def read_dicom_image(
     (``apply_voi_lut``; without one, the image's own min..max), scaled to [0, 1]; MONOCHROME1 (and
     MONOCHROME2 with an INVERSE presentation LUT) inverted so that bright is dense tissue/bone.
     """
+    with quiet_value_validation():
+        return _read_dicom_image(path, modalities, what, apply_voi)
+
+
+def _read_dicom_image(
+    path: str | os.PathLike, modalities: Sequence[str], what: str, apply_voi: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     path = Path(path)
