@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputDataError
-from common.io.dicom import RADIOGRAPH_MODALITIES, quiet_value_validation, read_dicom_file
+from common.io.dicom import RADIOGRAPH_MODALITIES, _int, _text, quiet_value_validation, read_dicom_file
 from common.transforms._meta import check_file, lower_name, sniff_format
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -137,7 +137,13 @@ def read_dicom_image(
     MONOCHROME2 with an INVERSE presentation LUT) inverted so that bright is dense tissue/bone.
     """
     with quiet_value_validation():
-        return _read_dicom_image(path, modalities, what, apply_voi)
+        try:
+            return _read_dicom_image(path, modalities, what, apply_voi)
+        except InputDataError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            # a header value pydicom cannot convert, or a LUT/window that does not fit the pixel data
+            raise InputDataError(path, f"unusable DICOM header ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def _read_dicom_image(
@@ -147,7 +153,7 @@ def _read_dicom_image(
 
     path = Path(path)
     ds = read_dicom_file(path)
-    modality = str(ds.get("Modality", "") or "").upper()
+    modality = _text(ds, "Modality").upper()
     allowed = tuple(m.upper() for m in modalities)
     if allowed and modality not in allowed:
         if modality in ("CT", "MR", "PT", "NM"):
@@ -157,7 +163,7 @@ def _read_dicom_image(
                 f"the DICOM modality is {modality or 'missing'}, not {what} ({'/'.join(allowed)} expected)"
             )
         raise InputDataError(path, problem)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int(ds, "NumberOfFrames", 1)
     if n_frames > 1:
         raise InputDataError(path, f"a multi-frame DICOM ({n_frames} frames); {what} must be a single frame")
     try:
