@@ -240,6 +240,9 @@ def test_folder_without_dicom_is_an_error(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(InputDataError, match="no DICOM image files"):
         read_dicom_series(tmp_path)
+    (tmp_path / "case1.nii.gz").write_bytes(b"")
+    with pytest.raises(InputDataError, match=r"volume files \(case1.nii.gz\): give a file path"):
+        read_dicom_series(tmp_path)
 
 
 def test_text_file_named_dcm_is_an_error(tmp_path):

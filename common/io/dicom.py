@@ -271,7 +271,21 @@ def _pick_series(
     folder: Path, series: dict[str, list[tuple[Path, Any]]], series_uid: str | None, modalities: Sequence[str]
 ) -> tuple[str, list[tuple[Path, Any]]]:
     if not series:
-        raise InputDataError(folder, "no DICOM image files found (the folder has no readable DICOM slices)")
+        volumes = (
+            sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.name.lower().endswith((".nii", ".nii.gz", ".mhd", ".mha"))
+            )
+            if folder.is_dir()
+            else []
+        )
+        hint = (
+            f"; it holds volume files ({', '.join(volumes[:3])}): give a file path instead" if volumes else ""
+        )
+        raise InputDataError(
+            folder, f"no DICOM image files found (the folder has no readable DICOM slices){hint}"
+        )
     if series_uid is not None:
         if series_uid not in series:
             raise InputDataError(
