@@ -381,6 +381,22 @@ def make_chest_phantom(
 
     z_dia = diaphragm(u, v).astype(np.float32)
 
+    # interlobar fissures: an oblique fissure in each lung, running from high at the back to the front of
+    # the diaphragm, and the right lung's horizontal fissure in front of it; sheets ~1 mm thick, seen
+    # through partial volume as faint lines
+    fissures = []
+    for side_sign in (1.0, -1.0):
+        z_back = lung_height * rng.uniform(0.6, 0.72)
+        z_front = lung_height * rng.uniform(0.12, 0.25)
+        slope = (z_back - z_front) / (bcp0 + 0.8 * bca0)
+        tilt = rng.uniform(0.3, 0.6) * slope  # lateral parts higher: in an axial slice the fissure runs anterolaterally
+        z_f = (z_back - slope * (v + bcp0) + tilt * (side_sign * u - 0.5 * a_c0)).astype(np.float32)
+        n_z = 1.0 / math.sqrt(1.0 + slope**2)
+        extent = math.hypot(grid.spacing[1] * slope * n_z, grid.spacing[2] * n_z)
+        fissures.append((z_f, n_z, max(extent, grid.spacing[0])))
+    horizontal_z = carina_z - rng.uniform(20.0, 45.0) * s
+    fissure_mm = 0.9
+
     # lung apex ellipses (2D, normalised radius squared)
     ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
     ell_l = ((u + 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
@@ -548,7 +564,18 @@ def make_chest_phantom(
             label_zyx[k][lung] = label
         lung_any = label_zyx[k] > 0
         wave = math.cos(tex_wave[0] * z + tex_wave[1])
-        sl[lung_any] = (lung_base2d + tex_a * wave + tex_b * (1.0 - wave))[lung_any]
+        parenchyma = lung_base2d + tex_a * wave + tex_b * (1.0 - wave)
+        sheet = np.zeros_like(parenchyma)
+        for label, (z_f, n_z, extent) in zip((1, 2), fissures):
+            near = np.abs(z - z_f) * n_z < extent
+            if near.any():
+                cover = (fissure_mm / extent) * np.clip(1.0 - np.abs(z - z_f) * n_z / extent, 0.0, 1.0)
+                sheet = np.where(near & (label_zyx[k] == label), np.maximum(sheet, cover), sheet)
+            if label == 1 and abs(z - horizontal_z) < grid.spacing[2]:
+                cover = (fissure_mm / grid.spacing[2]) * (1.0 - abs(z - horizontal_z) / grid.spacing[2])
+                sheet = np.where((z_f < horizontal_z) & (label_zyx[k] == 1), np.maximum(sheet, cover), sheet)
+        parenchyma = parenchyma * (1.0 - sheet) + 10.0 * sheet
+        sl[lung_any] = parenchyma[lung_any]
 
         # ---- heart, great vessels, airways, oesophagus ----
         if z < heart_c[2] + heart_axes[2] * 1.08:
