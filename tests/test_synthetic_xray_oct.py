@@ -158,24 +158,43 @@ def test_project_label_lung_fields():
 def phantom():
     from common.synthetic.ct_phantom import make_chest_phantom
 
-    return make_chest_phantom(np.random.default_rng(7), None)
+    cfg = {"in_plane_spacing_mm": 2.5, "slice_spacing_mm": [2.5, 2.5], "table": False}
+    return make_chest_phantom(np.random.default_rng(7), cfg, add_noise=False)
+
+
+def test_drr_of_phantom_brighter_where_bone_is(phantom):
+    shape = (128, 128)
+    # fixed window (brightness comparable between films), no scatter (which spreads bone's shadow)
+    detector = {"unsharp_amount": 0.0, "window": (0.0, 8.0), "scatter_fraction": 0.0}
+    image = project_drr(phantom.hu, phantom.affine, output_shape=shape, detector=detector)
+    dense_bone = project_label(phantom.bone_mask, phantom.affine, output_shape=shape, min_path_mm=10.0) > 0
+    any_bone = project_label(phantom.bone_mask, phantom.affine, output_shape=shape, min_path_mm=0.5) > 0
+    body = project_label(phantom.body_mask, phantom.affine, output_shape=shape, min_path_mm=20.0) > 0
+    lung = project_label(phantom.lung_label, phantom.affine, output_shape=shape) > 0
+    soft = body & ~any_bone & ~lung
+    assert dense_bone.sum() > 30 and soft.sum() > 100
+    assert image[dense_bone].mean() > image[soft].mean() + 0.1
+    # with the bones turned into soft tissue the film gets darker where, and only where, the bones were
+    soft_hu = np.where(phantom.bone_mask, np.float32(40.0), phantom.hu)
+    boneless = project_drr(soft_hu, phantom.affine, output_shape=shape, detector=detector)
+    diff = image - boneless
+    assert diff[dense_bone].mean() > 0.01  # > 0.08 in log units: 1 cm of bone
+    # rays that miss the bones do not change (up to interpolation at the mask edges)
+    assert np.abs(diff[body & ~any_bone]).mean() < 0.05 * diff[dense_bone].mean()
 
 
 def test_cxr_brighter_where_bone_is(phantom):
     kwargs = {"size": 128, "config": {**FAST, "gamma": [1.0, 1.0], "unsharp_amount": [0.0, 0.0]}}
     out = cxr_mod.render_cxr(np.random.default_rng(3), phantom=phantom, **kwargs)
-    image, bone, lung = out["image"].astype(float), out["bone_mask"] > 0, out["lung_mask"] > 0
-    # ribs over the lung fields are brighter than the lung between them (their surroundings)
-    ring = ndimage.binary_dilation(bone, iterations=3) & ~bone
-    assert (bone & lung).sum() > 20 and (ring & lung).sum() > 20
-    assert image[bone & lung].mean() > image[ring & lung].mean()
-    # the same film with the bones made soft tissue: darker exactly where the bones were
+    image, bone, body = out["image"].astype(float), out["bone_mask"] > 0, out["body_mask"] > 0
     soft_hu = np.where(phantom.bone_mask, np.float32(40.0), phantom.hu).astype(np.float32)
     fields = {k: getattr(phantom, k) for k in ("lung_label", "spacing", "affine", "bone_mask")}
-    boneless = SimpleNamespace(hu=soft_hu, **fields)
-    out2 = cxr_mod.render_cxr(np.random.default_rng(3), phantom=boneless, **kwargs)
+    out2 = cxr_mod.render_cxr(
+        np.random.default_rng(3), phantom=SimpleNamespace(hu=soft_hu, **fields), **kwargs
+    )
+    np.testing.assert_array_equal(out["bone_mask"], out2["bone_mask"])  # same pose
     diff = image - out2["image"].astype(float)
-    assert diff[bone].mean() > diff[~bone & (out["body_mask"] > 0)].mean() + 5.0
+    assert diff[bone].mean() > diff[body & ~bone].mean() + 5.0
 
 
 @pytest.mark.parametrize("pediatric", [True, False])

@@ -68,11 +68,11 @@ PATTERNS = ("none", "lobar", "interstitial")
 DEFAULT_RENDER: dict[str, Any] = {
     "pool_size": 6,  # base phantoms per kind (adult / pediatric), built once per process and reused
     "pool_seed": 20240,  # seed of the base phantoms (independent of the per-image rng)
-    "phantom": {},  # overrides passed on to make_chest_phantom's config (the coarse grid is set here)
-    "coarse_spacing_mm": 3.0,  # voxel size the base phantoms are resampled to before projection
-    "pediatric_scale": [0.5, 0.68],  # child's chest size relative to the adult phantom
-    "heart_scale": {"adult": [0.95, 1.05], "pediatric": [1.1, 1.3]},  # cardiac silhouette relative size
-    "thymus_probability": {"adult": 0.0, "pediatric": 0.6},
+    "phantom": {"table": False},  # overrides passed on to make_chest_phantom (an erect PA film has no table)
+    "voxel_mm": {"adult": 3.0, "pediatric": 2.0},  # grid of the pool phantoms; finer phantoms are resampled
+    "pediatric_body_scale": [0.5, 0.65],  # a 1-5 year old's chest relative to the average adult
+    "heart_scale": [1.0, 1.25],  # pediatric cardiac silhouette enlargement (relative to the thorax)
+    "thymus_probability": 0.6,  # chance of a thymic shadow in a child's upper anterior mediastinum
     "size_jitter": [0.92, 1.08],  # per-image magnification
     "fill_fraction": [0.72, 0.88],  # chest width / image width
     "rotation_deg": [-4.0, 4.0],
@@ -132,10 +132,16 @@ class _Base:
 _POOL: dict[str, _Base] = {}
 
 
-def _phantom_factory():
+def _make_phantom(rng: np.random.Generator, pediatric: bool, cfg: dict) -> Any:
     from common.synthetic.ct_phantom import make_chest_phantom
 
-    return make_chest_phantom
+    kind = "pediatric" if pediatric else "adult"
+    voxel = float(cfg["voxel_mm"][kind])
+    phantom_cfg = {"in_plane_spacing_mm": voxel, "slice_spacing_mm": [voxel, voxel], **cfg["phantom"]}
+    if pediatric:
+        phantom_cfg.setdefault("body_scale", list(cfg["pediatric_body_scale"]))
+    # CT noise averages out along the rays; the radiograph gets its own quantum noise
+    return make_chest_phantom(rng, phantom_cfg, add_noise=False)
 
 
 def _u(rng: np.random.Generator, lo_hi: Any) -> float:
@@ -192,33 +198,24 @@ def _resample_coarse(
     return out, np.asarray(spacing, dtype=np.float64) * np.asarray(vol.shape) / np.asarray(out.shape)
 
 
-def _prepare_base(phantom: Any, pediatric: bool, rng: np.random.Generator, cfg: dict) -> _Base:
-    """Reorient, coarsen, adapt the anatomy of a phantom and cache its projections."""
+def _prepare_base(phantom: Any, pediatric_anatomy: bool, rng: np.random.Generator, cfg: dict) -> _Base:
+    """Reorient and coarsen a phantom, give it a child's mediastinum if asked, cache its projections."""
     affine = getattr(phantom, "affine", None)
     ref = affine if affine is not None else phantom.spacing
     hu, spacing = to_ras(np.asarray(phantom.hu, dtype=np.float32), ref)
     lung, _ = to_ras(np.asarray(phantom.lung_label), ref)
     bone_mask = getattr(phantom, "bone_mask", None)
     bone = to_ras(np.asarray(bone_mask), ref)[0].astype(bool) if bone_mask is not None else hu > 250
-    coarse = float(cfg["coarse_spacing_mm"])
+    coarse = float(cfg["voxel_mm"]["pediatric" if pediatric_anatomy else "adult"])
     hu, new_spacing = _resample_coarse(hu, spacing, coarse, order=1)
     lung = _resample_coarse(lung, spacing, coarse, order=0)[0]
     bone = _resample_coarse(bone.astype(np.uint8), spacing, coarse, order=0)[0].astype(bool)
     spacing = new_spacing
     hu = np.array(hu, dtype=np.float32)
     lung = np.array(lung, dtype=np.uint8)
-    kind = "pediatric" if pediatric else "adult"
-    if pediatric:
-        spacing = spacing * _u(rng, cfg["pediatric_scale"])
-    _add_mediastinum(
-        hu,
-        lung,
-        bone,
-        spacing,
-        _u(rng, cfg["heart_scale"][kind]),
-        bool(rng.random() < float(cfg["thymus_probability"][kind])),
-        rng,
-    )
+    if pediatric_anatomy:
+        thymus = bool(rng.random() < float(cfg["thymus_probability"]))
+        _add_mediastinum(hu, lung, bone, spacing, _u(rng, cfg["heart_scale"]), thymus, rng)
     mu = hu_to_mu(hu)
     mu_soft_ref = np.float32(MU_WATER_PER_MM * 1.04)
     bone_excess = np.where(bone, np.maximum(mu - mu_soft_ref, 0.0), 0.0).astype(np.float32)
@@ -281,8 +278,8 @@ def _get_base(pediatric: bool, index: int, cfg: dict) -> _Base:
             index,
             cfg["pool_seed"],
             cfg["phantom"],
-            cfg["coarse_spacing_mm"],
-            cfg["pediatric_scale"],
+            cfg["voxel_mm"],
+            cfg["pediatric_body_scale"],
             cfg["heart_scale"],
             cfg["thymus_probability"],
         ],
@@ -291,7 +288,7 @@ def _get_base(pediatric: bool, index: int, cfg: dict) -> _Base:
     if key not in _POOL:
         seq = np.random.SeedSequence([int(cfg["pool_seed"]), int(pediatric), int(index)])
         phantom_rng, anatomy_rng = (np.random.default_rng(s) for s in seq.spawn(2))
-        phantom = _phantom_factory()(phantom_rng, cfg["phantom"] or None)
+        phantom = _make_phantom(phantom_rng, pediatric, cfg)
         _POOL[key] = _prepare_base(phantom, pediatric, anatomy_rng, cfg)
     return _POOL[key]
 
@@ -436,7 +433,7 @@ def render_cxr(
         base = _get_base(bool(pediatric), base_index, cfg)
     else:
         base_index = -1
-        base = _prepare_base(phantom, bool(pediatric), np.random.default_rng(0), cfg)
+        base = _prepare_base(phantom, False, np.random.default_rng(0), cfg)
 
     scale = _u(pose_rng, cfg["size_jitter"])
     fill = _u(pose_rng, cfg["fill_fraction"])

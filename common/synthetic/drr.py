@@ -263,6 +263,7 @@ def detector_response(
     scatter_sigma_px: float = 12.0,
     electronic_noise: float = 2.0,
     window_percentiles: tuple[float, float] = (0.5, 99.8),
+    window: tuple[float, float] | None = None,
     unsharp_amount: float = 0.6,
     unsharp_sigma_px: float = 6.0,
     gamma: float = 1.0,
@@ -276,7 +277,10 @@ def detector_response(
         scatter_fraction: scatter-to-primary ratio of the (blurred) scatter added to the primary fluence.
         scatter_sigma_px: width of the scatter kernel, pixels.
         electronic_noise: standard deviation of the detector's additive noise, in photon counts.
-        window_percentiles: the log image range mapped to [0, 1].
+        window_percentiles: the log image range mapped to [0, 1], as percentiles of the image
+            (automatic exposure processing, as detector software does).
+        window: a fixed log image range ``(low, high)`` mapped to [0, 1] instead (comparable brightness
+            across images).
         unsharp_amount: edge enhancement (0 disables).
         unsharp_sigma_px: scale of the edge enhancement, pixels.
         gamma: display gamma applied after the window (< 1 brightens).
@@ -299,7 +303,7 @@ def detector_response(
         log_img = log_img + np.float32(unsharp_amount) * (
             log_img - ndimage.gaussian_filter(log_img, unsharp_sigma_px, mode="nearest")
         )
-    lo, hi = np.percentile(log_img, window_percentiles)
+    lo, hi = window if window is not None else np.percentile(log_img, window_percentiles)
     img = np.clip((log_img - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     if gamma != 1.0:
         img = img ** np.float32(gamma)
