@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from scipy import ndimage
 
 from common.errors import InputDataError
 from common.synthetic import cxr as cxr_mod
