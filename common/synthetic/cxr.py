@@ -8,7 +8,7 @@ Each radiograph is a digitally reconstructed radiograph (``common.synthetic.drr`
   from a seed with an irregular front and a ground-glass rim.
 * ``"interstitial"`` (viral pneumonia, and the diffuse opacities of the oxygen-risk cohort): bilateral
   ground-glass haze plus a reticular network (zero crossings of band-passed noise), predominantly
-  perihilar and in the lower zones.
+  perihilar and in the lower zones; severe disease adds patchy airspace consolidation.
 
 ``severity`` in [0, 1] scales the extent (fraction of the lobe or of both lungs involved) and the density.
 The 2D lesion mask is the projection of the 3D opacity; the lung mask is the projected lung label.
@@ -44,6 +44,7 @@ from common.synthetic._io import (
     save_mask_png,
     write_dataset_yaml,
 )
+from common.synthetic.config import progress
 from common.synthetic.drr import (
     MU_WATER_PER_MM,
     DetectorGeometry,
@@ -66,7 +67,7 @@ __all__ = [
 PATTERNS = ("none", "lobar", "interstitial")
 
 DEFAULT_RENDER: dict[str, Any] = {
-    "pool_size": 6,  # base phantoms per kind (adult / pediatric), built once per process and reused
+    "pool_size": 8,  # base phantoms per kind (adult / pediatric), built once per process and reused
     "pool_seed": 20240,  # seed of the base phantoms (independent of the per-image rng)
     "phantom": {"table": False},  # overrides passed on to make_chest_phantom (an erect PA film has no table)
     "voxel_mm": {"adult": 3.0, "pediatric": 2.0},  # grid of the pool phantoms; finer phantoms are resampled
@@ -85,7 +86,7 @@ DEFAULT_RENDER: dict[str, Any] = {
     "gamma": [1.3, 1.9],  # display curve: > 1 darkens the lung fields as film-like processing does
     "lesion": {
         "consolidation_hu": [-60.0, 40.0],  # HU of airless lung (lobar pattern at full density)
-        "ground_glass_hu": [-620.0, -480.0],  # HU of the interstitial haze at full density
+        "ground_glass_hu": [-560.0, -420.0],  # HU of the interstitial haze at full density
         "reticular_hu": [-350.0, -150.0],  # HU of the reticular lines
         "lobar_extent": [0.3, 0.95],  # fraction of the lobe consolidated at severity 0 and 1
         "interstitial_extent": [0.2, 0.85],  # fraction of both lungs involved at severity 0 and 1
@@ -379,9 +380,20 @@ def _lesion_hu(
         band = _smooth_noise(rng, shape, 1.2) - 0.6 * _smooth_noise(rng, shape, 3.0)
         band /= band.std() + 1e-6
         lines = np.exp(-((band / 0.35) ** 2))  # thin sheets at the zero crossings: a reticular network
-        haze = np.clip(0.6 + 0.4 * _smooth_noise(rng, shape, 4.0 / sp), 0.0, 1.0)
-        dhu = occ * density * (haze * (ggo_hu - lung_hu) + lines * (ret_hu - ggo_hu) * 0.8)
-        solid = occ * density * np.clip(haze * 0.6 + lines, 0.0, 1.0)
+        haze = np.clip(0.75 + 0.35 * _smooth_noise(rng, shape, 4.0 / sp), 0.0, 1.0)
+        # severe disease adds patchy airspace consolidation on top of the haze (more, and larger, with severity)
+        patches = np.clip((_smooth_noise(rng, shape, 10.0 / sp) - (1.8 - 2.2 * sev)) / 0.5, 0.0, 1.0)
+        cons_hu = _u(rng, lcfg["consolidation_hu"])
+        dhu = (
+            occ
+            * density
+            * (
+                haze * (ggo_hu - lung_hu)
+                + lines * (ret_hu - ggo_hu) * 0.8
+                + patches * (cons_hu - ggo_hu) * 0.8
+            )
+        )
+        solid = occ * density * np.clip(haze * 0.6 + lines + patches, 0.0, 1.0)
         return np.maximum(dhu, 0.0).astype(np.float32), solid.astype(np.float32)
     raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
 
@@ -562,8 +574,6 @@ def generate_pneumonia_cxr(
     import csv
     import io
 
-    from tqdm import tqdm
-
     from common.io.atomic import atomic_write_text
 
     cfg = load_config(DEFAULT_CONFIG, config)
@@ -580,9 +590,7 @@ def generate_pneumonia_cxr(
         s: {"NORMAL": set(), "BACTERIAL": set(), "VIRAL": set()} for s in cfg["splits"]
     }
     rows = []
-    for job in tqdm(
-        jobs, desc="pneumonia_cxr", unit="img", disable=bool(os.environ.get("SYNTH_NO_PROGRESS"))
-    ):
+    for job in progress(jobs, desc="pneumonia_cxr"):
         sample = render_cxr(
             np.random.default_rng(job["seed"]),
             size=size,

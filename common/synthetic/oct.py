@@ -38,6 +38,7 @@ from common.synthetic._io import (
     save_mask_png,
     write_dataset_yaml,
 )
+from common.synthetic.config import progress
 
 __all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
 
@@ -261,19 +262,22 @@ def render_oct(
 
     # ---- reflectivity with anti-aliased boundaries ----
     refl = np.full((h, w), _LAYERS[0][1], dtype=np.float32)
+    yy_px = (yy / np.float32(um_per_px) + np.float32(0.5)).astype(np.float32)
     for k, bound in enumerate(ordered):
-        step = np.clip((yy - bound[None, :].astype(np.float32)) / um_per_px + 0.5, 0.0, 1.0)
-        refl += np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1]) * step
+        step = yy_px - (bound / um_per_px).astype(np.float32)[None, :]
+        np.clip(step, 0.0, 1.0, out=step)
+        step *= np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1])
+        refl += step
     # choroid: large dark vessel lumens in stroma (Haller's layer), a smooth texture elsewhere
     choroid_band = (yy > bruch[None, :]) & (yy < b["choroid/sclera"][None, :])
-    vessels = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (2.5, 5.0))
+    vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (2.5, 5.0))
     vessels /= vessels.std() + 1e-6
     depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
     lumen = (vessels > 0.6 - 0.5 * depth_in_choroid) & choroid_band
     refl = np.where(lumen, np.float32(0.10), refl)
     # gentle lateral texture in every layer (vessels, reflectivity variation)
     refl *= (
-        1.0 + 0.15 * ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (1.0, 6.0)) * 3.0
+        1.0 + 0.15 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (1.0, 6.0)) * 3.0
     )
 
     # ---- lesions on top of the layers ----
@@ -297,7 +301,7 @@ def render_oct(
             & (yy < lesion_bottom[None, :])
             & (cnv_height[None, :] > 2)
         )
-        tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), 2.0) * 4.0
+        tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 2.0) * 4.0
         refl = np.where(les, np.clip(tex, 0.3, 1.0).astype(np.float32), refl)
         ped = (yy >= (rpe_top_d + rpe_thick)[None, :]) & (yy < bruch[None, :]) & (ped_height[None, :] > 2)
         refl = np.where(ped, np.float32(0.03), refl)
@@ -347,8 +351,8 @@ def render_oct(
     grain = _u(rng, cfg["speckle_grain_px"])
     speckle = np.zeros((h, w), dtype=np.float32)
     for _ in range(looks):
-        re = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (grain, grain * 1.6))
-        im = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (grain, grain * 1.6))
+        re = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
+        im = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
         speckle += re * re + im * im
     speckle /= speckle.mean()
     floor = _u(rng, cfg["noise_floor"])
@@ -399,8 +403,6 @@ def generate_oct(
     Returns:
         the output folder.
     """
-    from tqdm import tqdm
-
     cfg = load_config(DEFAULT_CONFIG, config)
     out = Path(out_dir)
     size = tuple(int(s) for s in cfg["image_size"])
@@ -423,7 +425,7 @@ def generate_oct(
                     jobs.append((split, cls, pid, n))
     seeds = rng.integers(0, 2**63 - 1, size=len(jobs))
     counts_out: dict[str, dict[str, int]] = {s: dict.fromkeys(CLASSES, 0) for s in cfg["splits"]}
-    for (split, cls, pid, n), s in tqdm(list(zip(jobs, seeds)), desc="oct", unit="img"):
+    for (split, cls, pid, n), s in progress(list(zip(jobs, seeds)), desc="oct"):
         sample = render_oct(np.random.default_rng(int(s)), cls, size=size, config=cfg["render"])
         rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
         save_gray_jpeg(out / rel, sample["image"], quality=int(cfg["jpeg_quality"]))
