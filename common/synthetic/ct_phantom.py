@@ -151,8 +151,14 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 class _Grid:
     """The voxel grid in the body frame: index axes (z, x, y) during construction."""
 
-    def __init__(self, shape_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
-                 centre_ij: tuple[float, float], z0: float, theta: float) -> None:
+    def __init__(
+        self,
+        shape_xyz: tuple[int, int, int],
+        spacing: tuple[float, float, float],
+        centre_ij: tuple[float, float],
+        z0: float,
+        theta: float,
+    ) -> None:
         self.shape_xyz = shape_xyz
         self.spacing = spacing
         nx, ny, nz = shape_xyz
@@ -172,11 +178,13 @@ class _Grid:
 
     def to_voxel(self, grid_xyz: np.ndarray) -> np.ndarray:
         """Grid-frame (xr, yr, z) mm -> continuous voxel index (i, j, k)."""
-        return np.array([
-            (grid_xyz[0] - self.xr[0]) / self.spacing[0],
-            (grid_xyz[1] - self.yr[0]) / self.spacing[1],
-            (grid_xyz[2] - self.z[0]) / self.spacing[2],
-        ])
+        return np.array(
+            [
+                (grid_xyz[0] - self.xr[0]) / self.spacing[0],
+                (grid_xyz[1] - self.yr[0]) / self.spacing[1],
+                (grid_xyz[2] - self.z[0]) / self.spacing[2],
+            ]
+        )
 
 
 def _segment_boxes(
@@ -189,9 +197,18 @@ def _segment_boxes(
     for index, (p0, p1, radius) in enumerate(segments):
         lo = np.minimum(p0, p1) - radius - pad
         hi = np.maximum(p0, p1) + radius + pad
-        i0, i1 = max(0, int(math.floor((lo[0] - grid.xr[0]) / sx))), min(nx, int(math.ceil((hi[0] - grid.xr[0]) / sx)) + 1)
-        j0, j1 = max(0, int(math.floor((lo[1] - grid.yr[0]) / sy))), min(ny, int(math.ceil((hi[1] - grid.yr[0]) / sy)) + 1)
-        k0, k1 = max(0, int(math.floor((lo[2] - grid.z[0]) / sz))), min(nz, int(math.ceil((hi[2] - grid.z[0]) / sz)) + 1)
+        i0, i1 = (
+            max(0, int(math.floor((lo[0] - grid.xr[0]) / sx))),
+            min(nx, int(math.ceil((hi[0] - grid.xr[0]) / sx)) + 1),
+        )
+        j0, j1 = (
+            max(0, int(math.floor((lo[1] - grid.yr[0]) / sy))),
+            min(ny, int(math.ceil((hi[1] - grid.yr[0]) / sy)) + 1),
+        )
+        k0, k1 = (
+            max(0, int(math.floor((lo[2] - grid.z[0]) / sz))),
+            min(nz, int(math.ceil((hi[2] - grid.z[0]) / sz)) + 1),
+        )
         if i0 >= i1 or j0 >= j1 or k0 >= k1:
             continue
         d = (p1 - p0).astype(np.float32)
@@ -258,7 +275,9 @@ def _grow_tree(
     return segments
 
 
-def _random_field_2d(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, terms: int, wavelength: tuple[float, float]) -> np.ndarray:
+def _random_field_2d(
+    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, terms: int, wavelength: tuple[float, float]
+) -> np.ndarray:
     """A smooth random 2D field (sum of separable sinusoids) with unit-ish amplitude."""
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.float32)
     for _ in range(terms):
@@ -347,10 +366,16 @@ def make_chest_phantom(
         return a - fat - muscle, b_ant - fat - max(0.6 * muscle, 10.0 * s), b_post - fat - muscle - paraspinal
 
     # body outline irregularity and lung outline perturbation
-    body_eps = sum(rng.normal(0, 0.012) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)).astype(np.float32)
+    body_eps = sum(
+        rng.normal(0, 0.012) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)
+    ).astype(np.float32)
     amp = float(c["lung_shape_irregularity"])
-    lung_eps_a = (amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))).astype(np.float32)
-    lung_eps_b = (amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (1, 3, 4))).astype(np.float32)
+    lung_eps_a = (
+        amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    ).astype(np.float32)
+    lung_eps_b = (
+        amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (1, 3, 4))
+    ).astype(np.float32)
     lung_eps_wave = (2 * math.pi / rng.uniform(120, 260), rng.uniform(0, 2 * math.pi))
 
     # ---- key levels ----
@@ -370,7 +395,11 @@ def make_chest_phantom(
 
     blend = (1.0 / (1.0 + np.exp(-u / 12.0))).astype(np.float32)
     z_dia = blend * dome_surface(0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(-0.45 * a_c0, dome_l)
-    z_dia -= 6.0 * s * np.exp(-((u + 0.1 * a_c0) ** 2 + (v - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2)).astype(np.float32)
+    z_dia -= (
+        6.0
+        * s
+        * np.exp(-((u + 0.1 * a_c0) ** 2 + (v - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2)).astype(np.float32)
+    )
 
     # lung apex ellipses (2D, normalised radius squared)
     ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
@@ -393,7 +422,9 @@ def make_chest_phantom(
     # heart (in-plane rotated ellipsoid sitting on the diaphragm, to the left and anterior)
     heart_axes = np.array([62.0, 47.0, 52.0]) * s * rng.uniform(0.9, 1.12, size=3)
     heart_rot = math.radians(rng.uniform(25.0, 45.0))
-    heart_c = np.array([-0.2 * a_c0, bca0 - 0.95 * heart_axes[1], min(dome_r, dome_l) - 8 * s + 0.75 * heart_axes[2]])
+    heart_c = np.array(
+        [-0.2 * a_c0, bca0 - 0.95 * heart_axes[1], min(dome_r, dome_l) - 8 * s + 0.75 * heart_axes[2]]
+    )
     hu_c, hs_c = math.cos(heart_rot), math.sin(heart_rot)
     hu_ = (u - heart_c[0]) * hu_c + (v - heart_c[1]) * hs_c
     hv_ = -(u - heart_c[0]) * hs_c + (v - heart_c[1]) * hu_c
@@ -416,16 +447,30 @@ def make_chest_phantom(
     desc_u, desc_v = -(0.55 * rvb_lr + aorta_r_desc + 3.0 * s), v_vb_mid + 0.9 * rvb_ap + 0.4 * aorta_r_desc
     arch_z = carina_z + rng.uniform(18.0, 32.0) * s
     aorta_path = [
-        np.array([heart_c[0] + 0.35 * heart_axes[0], heart_c[1] + 0.2 * heart_axes[1], heart_c[2] + 0.3 * heart_axes[2]]),
+        np.array(
+            [
+                heart_c[0] + 0.35 * heart_axes[0],
+                heart_c[1] + 0.2 * heart_axes[1],
+                heart_c[2] + 0.3 * heart_axes[2],
+            ]
+        ),
         np.array([0.12 * a_c0, 0.25 * bca0, carina_z - 5.0 * s]),
         np.array([0.02 * a_c0, 0.15 * bca0, arch_z]),
         np.array([-0.15 * a_c0, trachea_v + 4.0 * s, arch_z + 4.0 * s]),
         np.array([desc_u, desc_v + 4.0 * s, arch_z - 12.0 * s]),
         np.array([desc_u, desc_v, z_lo - 20.0]),
     ]
-    aorta_tubes = [(aorta_path[n], aorta_path[n + 1], aorta_r_asc if n < 3 else aorta_r_desc) for n in range(len(aorta_path) - 1)]
-    esophagus_tubes = [(np.array([-8.0 * s, v_vb_mid + rvb_ap + 4.0 * s, z_hi + 20.0]),
-                        np.array([-0.25 * a_c0, 0.0, min(dome_l, dome_r) - 25.0 * s]), 7.5 * s)]
+    aorta_tubes = [
+        (aorta_path[n], aorta_path[n + 1], aorta_r_asc if n < 3 else aorta_r_desc)
+        for n in range(len(aorta_path) - 1)
+    ]
+    esophagus_tubes = [
+        (
+            np.array([-8.0 * s, v_vb_mid + rvb_ap + 4.0 * s, z_hi + 20.0]),
+            np.array([-0.25 * a_c0, 0.0, min(dome_l, dome_r) - 25.0 * s]),
+            7.5 * s,
+        )
+    ]
 
     def to_grid(tubes: list) -> list:
         return [(grid.to_grid_frame(p0), grid.to_grid_frame(p1), r) for p0, p1, r in tubes]
@@ -437,7 +482,9 @@ def make_chest_phantom(
     aorta_frac = np.zeros(shape_zxy, np.float32)
     eso_frac = np.zeros(shape_zxy, np.float32)
     _render_capsules(airway_frac, grid, to_grid(airway_tubes), edge)
-    _render_capsules(lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge)
+    _render_capsules(
+        lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge
+    )
     _render_capsules(aorta_frac, grid, to_grid(aorta_tubes), edge)
     _render_capsules(eso_frac, grid, to_grid(esophagus_tubes), edge)
 
@@ -450,7 +497,7 @@ def make_chest_phantom(
 
     # lung parenchyma HU (2D part): gravity-dependent density gradient + smooth texture
     post_frac = np.clip((bca0 - v) / (bca0 + bcp0), 0.0, 1.0)
-    lung_base2d = (lung_hu + gravity_hu * post_frac ** 2).astype(np.float32)
+    lung_base2d = (lung_hu + gravity_hu * post_frac**2).astype(np.float32)
     tex_a = _random_field_2d(rng, grid.xr, grid.yr, 3, (40.0, 110.0)) * 8.0
     tex_b = _random_field_2d(rng, grid.xr, grid.yr, 3, (25.0, 70.0)) * 6.0
     tex_wave = (2 * math.pi / rng.uniform(40, 100), rng.uniform(0, 2 * math.pi))
@@ -470,7 +517,7 @@ def make_chest_phantom(
     if c["table"]:
         xr2 = np.broadcast_to(grid.xr[:, None], (matrix, matrix))
         yr2 = np.broadcast_to(grid.yr[None, :], (matrix, matrix))
-        top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2 ** 2
+        top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2**2
         table2d = (yr2 < top) & (yr2 > top - 9.0) & (np.abs(xr2) < 0.85 * fov / 2)
 
     hu_zxy = np.empty(shape_zxy, np.float32)
@@ -505,7 +552,9 @@ def make_chest_phantom(
                 dzs = (z - st_c[2]) / st_axes[2]
                 if abs(dzs) < 1.0:
                     scale = math.sqrt(1.0 - dzs * dzs)
-                    q = ((u - st_c[0]) / (st_axes[0] * scale)) ** 2 + ((v - st_c[1]) / (st_axes[1] * scale)) ** 2
+                    q = ((u - st_c[0]) / (st_axes[0] * scale)) ** 2 + (
+                        (v - st_c[1]) / (st_axes[1] * scale)
+                    ) ** 2
                     inside = (q < 1.0) & below & (z < z_dia - 5.0 * s)
                     sl[inside] = 30.0
                     if z > fluid_z:
@@ -524,12 +573,17 @@ def make_chest_phantom(
         # central mediastinum (great vessels, trachea, oesophagus, left atrium): widest where it meets the
         # heart, narrower toward the neck and the diaphragm
         widen = 1.0 + 0.6 * math.exp(-(((z - heart_top + 10.0 * s) / (35.0 * s)) ** 2))
-        excl |= ((u - 2.0 * s) / (18.0 * s * widen)) ** 2 + ((v - trachea_v - 8.0 * s) / (34.0 * s)) ** 2 < 1.0
+        excl |= ((u - 2.0 * s) / (18.0 * s * widen)) ** 2 + (
+            (v - trachea_v - 8.0 * s) / (34.0 * s)
+        ) ** 2 < 1.0
         excl |= airway_frac[k] > 0.01
         excl |= aorta_frac[k] > 0.01
         excl |= eso_frac[k] > 0.01
         lung_core &= ~excl
-        for label, side, ell, apex in ((1, u > midline + gap, ell_r, apex_r), (2, u < midline - gap, ell_l, apex_l)):
+        for label, side, ell, apex in (
+            (1, u > midline + gap, ell_r, apex_r),
+            (2, u < midline - gap, ell_l, apex_l),
+        ):
             if z >= apex:
                 continue
             g2 = 1.0 - ((z - widest) / (apex - widest)) ** 2 if z > widest else 1.0
@@ -591,7 +645,9 @@ def make_chest_phantom(
         canal = dc < r_canal
         if level < 0.7 or level > 0.95:
             arch = (dc >= r_canal) & (dc < r_canal + 4.5 * s)
-            spinous = (np.abs(u) < 3.5 * s) & (v < v_canal - r_canal) & (v > v_canal - r_canal - 32.0 * s) & body
+            spinous = (
+                (np.abs(u) < 3.5 * s) & (v < v_canal - r_canal) & (v > v_canal - r_canal - 32.0 * s) & body
+            )
             transverse = (np.abs(v - v_canal) < 4.5 * s) & (np.abs(u) < 30.0 * s)
             post = (arch | spinous | transverse) & ~canal
             sl[post] = 620.0
@@ -646,9 +702,17 @@ def make_chest_phantom(
         airway_mask=airway_mask,
         noise_sd=float(noise_sd),
         params={
-            "body_scale": s, "body_aspect": aspect, "rotation_deg": math.degrees(theta), "breathing": breath,
-            "fat_mm": fat, "lung_height_mm": lung_height, "contrast": contrast, "lung_hu": lung_hu,
-            "stomach_gas": stomach is not None, "noise_sd_hu": noise_sd, "fov_mm": fov,
+            "body_scale": s,
+            "body_aspect": aspect,
+            "rotation_deg": math.degrees(theta),
+            "breathing": breath,
+            "fat_mm": fat,
+            "lung_height_mm": lung_height,
+            "contrast": contrast,
+            "lung_hu": lung_hu,
+            "stomach_gas": stomach is not None,
+            "noise_sd_hu": noise_sd,
+            "fov_mm": fov,
         },
         landmarks={"carina": world(carina), "hilum_right": world(hilum_r), "hilum_left": world(hilum_l)},
     )
@@ -658,8 +722,16 @@ def make_chest_phantom(
 
 
 def _add_pulmonary_trees(
-    rng: np.random.Generator, grid: _Grid, hu_zxy: np.ndarray, label_zxy: np.ndarray, c: Mapping[str, Any],
-    s: float, hilum_r: np.ndarray, hilum_l: np.ndarray, blood_hu: float, edge: float,
+    rng: np.random.Generator,
+    grid: _Grid,
+    hu_zxy: np.ndarray,
+    label_zxy: np.ndarray,
+    c: Mapping[str, Any],
+    s: float,
+    hilum_r: np.ndarray,
+    hilum_l: np.ndarray,
+    blood_hu: float,
+    edge: float,
 ) -> None:
     """Arteries running with the airways, and veins, branching from each hilum to fill the lung."""
     gens = int(c["vessel_generations"])
@@ -677,15 +749,19 @@ def _add_pulmonary_trees(
             continue
         box_lo = np.array([ii.min() * step, jj.min() * step, kk.min() * zstep])
         box_hi = np.array([ii.max() * step + step, jj.max() * step + step, kk.max() * zstep + zstep])
-        n_pts = min(len(kk), 2 ** gens * 2)
+        n_pts = min(len(kk), 2**gens * 2)
 
         voxels = np.stack([ii * step, jj * step, kk * zstep], axis=1).astype(np.float64)
         steps = np.array([step, step, zstep], dtype=np.float64)
         origin = np.array([grid.xr[0], grid.yr[0], grid.z[0]], dtype=np.float64)
         root = grid.to_grid_frame(hilum)
-        airway_tree = _grow_tree(rng, root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.5 * s, gens)
+        airway_tree = _grow_tree(
+            rng, root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.5 * s, gens
+        )
         vein_root = grid.to_grid_frame(hilum + np.array([0.0, 12.0 * s, -28.0 * s]))
-        vein_tree = _grow_tree(rng, vein_root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.0 * s, gens)
+        vein_tree = _grow_tree(
+            rng, vein_root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.0 * s, gens
+        )
         offset_dir = grid.to_grid_frame(np.array([0.0, 1.0, 0.0])) - grid.to_grid_frame(np.zeros(3))
         vessels, walls, lumens = [], [], []
         for p0, p1, r, gen in airway_tree:
@@ -723,8 +799,14 @@ def _add_pulmonary_trees(
         np.copyto(region, val, where=in_lung)
 
 
-def _point_cloud(rng: np.random.Generator, voxels: np.ndarray, steps: np.ndarray, origin: np.ndarray,
-                 spacing: Sequence[float], n_points: int) -> np.ndarray:
+def _point_cloud(
+    rng: np.random.Generator,
+    voxels: np.ndarray,
+    steps: np.ndarray,
+    origin: np.ndarray,
+    spacing: Sequence[float],
+    n_points: int,
+) -> np.ndarray:
     """``n_points`` random grid-frame positions (mm) spread over the given (sub-sampled) voxels."""
     pick = rng.choice(len(voxels), size=n_points, replace=False)
     jitter = rng.uniform(-0.5, 0.5, size=(n_points, 3)) * steps
@@ -734,16 +816,20 @@ def _point_cloud(rng: np.random.Generator, voxels: np.ndarray, steps: np.ndarray
 class _SubGrid(_Grid):
     """A box of a ``_Grid`` (same frame)."""
 
-    def __init__(self, parent: _Grid, irange: tuple[int, int], jrange: tuple[int, int], krange: tuple[int, int]) -> None:
+    def __init__(
+        self, parent: _Grid, irange: tuple[int, int], jrange: tuple[int, int], krange: tuple[int, int]
+    ) -> None:
         self.spacing = parent.spacing
-        self.xr = parent.xr[irange[0]:irange[1]]
-        self.yr = parent.yr[jrange[0]:jrange[1]]
-        self.z = parent.z[krange[0]:krange[1]]
+        self.xr = parent.xr[irange[0] : irange[1]]
+        self.yr = parent.yr[jrange[0] : jrange[1]]
+        self.z = parent.z[krange[0] : krange[1]]
         self.shape_xyz = (len(self.xr), len(self.yr), len(self.z))
         self.cos, self.sin = parent.cos, parent.sin
 
 
-def add_ct_noise(phantom: ChestPhantom, rng: np.random.Generator, correlation_px: float = 0.7) -> ChestPhantom:
+def add_ct_noise(
+    phantom: ChestPhantom, rng: np.random.Generator, correlation_px: float = 0.7
+) -> ChestPhantom:
     """Add spatially correlated Gaussian CT noise and round to integer HU in [-1024, 3071] (in place).
 
     The noise is white noise smoothed in-plane by a Gaussian of ``correlation_px`` voxels (reconstruction
@@ -805,7 +891,9 @@ def _dicom_case_ids(choice: Any, train: list[str], val: list[str], test: list[st
         if unknown:
             raise InputDataError(source, f"dicom_cases names cases that are not generated: {unknown}")
         return set(map(str, choice))
-    raise InputDataError(source, f"dicom_cases must be 'test', 'all', 'none' or a list of case ids, got {choice!r}")
+    raise InputDataError(
+        source, f"dicom_cases must be 'test', 'all', 'none' or a list of case ids, got {choice!r}"
+    )
 
 
 def _make_lung_case(args: tuple) -> dict[str, Any]:
@@ -822,10 +910,17 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     write_nifti(out_dir / label_dir / f"{case_id}.nii.gz", phantom.lung_label, phantom.affine, np.uint8)
     if write_mhd:
         write_mhd_volume(out_dir / "mhd" / f"{case_id}.mhd", phantom.hu, phantom.affine, np.int16)
-        write_mhd_volume(out_dir / "mhd" / f"{case_id}_label.mhd", phantom.lung_label, phantom.affine, np.uint8)
+        write_mhd_volume(
+            out_dir / "mhd" / f"{case_id}_label.mhd", phantom.lung_label, phantom.affine, np.uint8
+        )
     if write_dicom:
-        write_dicom_ct_series(out_dir / "dicom" / case_id, phantom.hu, phantom.affine, uid_parts=(seed, "lung_ct", case_id),
-                              patient_number=number)
+        write_dicom_ct_series(
+            out_dir / "dicom" / case_id,
+            phantom.hu,
+            phantom.affine,
+            uid_parts=(seed, "lung_ct", case_id),
+            patient_number=number,
+        )
     t2 = time.perf_counter()
     return {
         "id": case_id,
@@ -839,7 +934,9 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     }
 
 
-def generate_lung_ct(out_dir: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+def generate_lung_ct(
+    out_dir: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any] | None = None, seed: int = 0
+) -> Path:
     """Write a synthetic chest CT lung segmentation set in the MSD/decathlon layout.
 
     Layout::
@@ -864,13 +961,26 @@ def generate_lung_ct(out_dir: str | os.PathLike, config: str | os.PathLike | Map
     cfg = load_config(LUNG_CT_DEFAULTS, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, val, test = _split_ids(cfg["case_prefix"], (int(cfg["num_train"]), int(cfg["num_val"]), int(cfg["num_test"])))
+    train, val, test = _split_ids(
+        cfg["case_prefix"], (int(cfg["num_train"]), int(cfg["num_val"]), int(cfg["num_test"]))
+    )
     dicom_ids = _dicom_case_ids(cfg["dicom_cases"], train, val, test, source)
     jobs = []
     for number, case_id in enumerate(train + val + test, start=1):
         in_test = case_id in test
-        jobs.append((str(out), case_id, number, int(seed), cfg["phantom"], "imagesTs" if in_test else "imagesTr",
-                     "labelsTs" if in_test else "labelsTr", case_id in dicom_ids, bool(cfg["write_mhd"])))
+        jobs.append(
+            (
+                str(out),
+                case_id,
+                number,
+                int(seed),
+                cfg["phantom"],
+                "imagesTs" if in_test else "imagesTr",
+                "labelsTs" if in_test else "labelsTr",
+                case_id in dicom_ids,
+                bool(cfg["write_mhd"]),
+            )
+        )
     t0 = time.perf_counter()
     results = _run_jobs(_make_lung_case, jobs, int(cfg["num_workers"]), desc="lung_ct")
     elapsed = time.perf_counter() - t0
@@ -897,18 +1007,27 @@ def generate_lung_ct(out_dir: str | os.PathLike, config: str | os.PathLike | Map
 
     atomic_write_json(out / "dataset.json", dataset)
     by_id = {r["id"]: r for r in results}
-    write_dataset_yaml(out, {
-        "generator": "common.synthetic.ct_phantom:generate_lung_ct",
-        "task": "lung_ct",
-        "layout": "MSD/decathlon (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs) + dicom/ + mhd/",
-        "seed": int(seed),
-        "labels": {int(k): v for k, v in _LUNG_LABELS.items()},
-        "counts": {"train": len(train), "val": len(val), "test": len(test)},
-        "splits": {"train": train, "val": val, "test": test},
-        "dicom_cases": sorted(dicom_ids),
-        "cases": [{k: by_id[i][k] for k in ("id", "shape", "spacing", "right_lung_ml", "left_lung_ml", "params")} for i in train + val + test],
-        "config": cfg,
-    })
+    write_dataset_yaml(
+        out,
+        {
+            "generator": "common.synthetic.ct_phantom:generate_lung_ct",
+            "task": "lung_ct",
+            "layout": "MSD/decathlon (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs) + dicom/ + mhd/",
+            "seed": int(seed),
+            "labels": {int(k): v for k, v in _LUNG_LABELS.items()},
+            "counts": {"train": len(train), "val": len(val), "test": len(test)},
+            "splits": {"train": train, "val": val, "test": test},
+            "dicom_cases": sorted(dicom_ids),
+            "cases": [
+                {
+                    k: by_id[i][k]
+                    for k in ("id", "shape", "spacing", "right_lung_ml", "left_lung_ml", "params")
+                }
+                for i in train + val + test
+            ],
+            "config": cfg,
+        },
+    )
     _last_timing.update({"seconds_total": elapsed, "cases": results})
     return out
 
@@ -928,7 +1047,9 @@ def _run_jobs(func: Any, jobs: list, num_workers: int, desc: str) -> list:
         return list(progress(pool.map(func, jobs), desc=desc, total=len(jobs)))
 
 
-def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, out_dir: str | None = None) -> dict[str, Any]:
+def benchmark_ct(
+    n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, out_dir: str | None = None
+) -> dict[str, Any]:
     """Time the generation of a full-size CT set: ``n_scans`` adult chest phantoms at ``spacing`` mm.
 
     The set is written like ``generate_lung_ct`` writes it (NIfTI images and labels, MHD copies, DICOM
@@ -950,7 +1071,10 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
     n_test = max(1, round(0.15 * n_scans))
     n_val = max(0, round(0.15 * n_scans))
     config = {
-        "num_train": n_scans - n_test - n_val, "num_val": n_val, "num_test": n_test, "num_workers": num_workers,
+        "num_train": n_scans - n_test - n_val,
+        "num_val": n_val,
+        "num_test": n_test,
+        "num_workers": num_workers,
         "phantom": {"in_plane_spacing_mm": spacing, "slice_spacing_mm": [spacing, spacing]},
     }
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_ct_"))
@@ -969,7 +1093,13 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         "num_workers": num_workers,
         "seconds": round(seconds, 2),
         "seconds_per_scan": round(seconds / max(n_scans, 1), 3),
-        "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)] if cases else None,
-        "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3) if cases else None,
-        "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3) if cases else None,
+        "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)]
+        if cases
+        else None,
+        "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3)
+        if cases
+        else None,
+        "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3)
+        if cases
+        else None,
     }

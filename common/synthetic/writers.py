@@ -250,7 +250,10 @@ def write_dicom_ct_series(
             ds.PhotometricInterpretation = "MONOCHROME2"
             ds.Rows = n_rows
             ds.Columns = n_cols
-            ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]  # row spacing (y), column spacing (x)
+            ds.PixelSpacing = [
+                f"{spacing[1]:.6g}",
+                f"{spacing[0]:.6g}",
+            ]  # row spacing (y), column spacing (x)
             ds.BitsAllocated = 16
             ds.BitsStored = 16
             ds.HighBit = 15
