@@ -107,3 +107,21 @@ def write_dataset_yaml(path: str | os.PathLike, content: dict) -> Path:
     import yaml
 
     return atomic_write_text(path, yaml.safe_dump(_plain(content), sort_keys=False))
+
+
+def parallel_map(func: Any, items: list, num_workers: int, desc: str) -> list:
+    """``[func(x) for x in items]`` with a progress bar, in ``num_workers`` processes when > 1.
+
+    The results and their order do not depend on ``num_workers`` as long as every item carries its own
+    seed. Workers are forked where the platform allows, so caches built before the call are shared.
+    """
+    from common.synthetic.config import progress
+
+    num_workers = int(num_workers)
+    if num_workers <= 1 or len(items) < 2:
+        return [func(item) for item in progress(items, desc=desc)]
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ctx.Pool(num_workers) as pool:
+        return list(progress(pool.imap(func, items, chunksize=4), desc=desc, total=len(items)))

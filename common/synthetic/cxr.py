@@ -40,11 +40,11 @@ from common.synthetic._io import (
     deep_update,
     load_config,
     merge_checked,
+    parallel_map,
     save_gray_jpeg,
     save_mask_png,
     write_dataset_yaml,
 )
-from common.synthetic.config import progress
 from common.synthetic.drr import (
     MU_WATER_PER_MM,
     DetectorGeometry,
@@ -583,20 +583,6 @@ def _write_cxr_job(args: tuple) -> int:
     return int(sample["lesion_mask"].sum())
 
 
-def _map(func: Any, items: list, num_workers: int) -> list:
-    """``[func(x) for x in items]`` with a progress bar, in ``num_workers`` processes when > 1 (same results,
-    same order: every item carries its own seed)."""
-    num_workers = int(num_workers)
-    if num_workers <= 1 or len(items) < 2:
-        return [func(item) for item in progress(items, desc="pneumonia_cxr")]
-    import multiprocessing
-
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ctx.Pool(num_workers) as pool:
-        return list(progress(pool.imap(func, items, chunksize=4), desc="pneumonia_cxr", total=len(items)))
-
-
 def generate_pneumonia_cxr(
     out_dir: str | os.PathLike, config: str | os.PathLike | dict | None = None, seed: int = 0
 ) -> Path:
@@ -641,7 +627,7 @@ def generate_pneumonia_cxr(
     task = (out, size, pediatric, render_cfg, int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
     rows = []
     for job, lesion_pixels in zip(
-        jobs, _map(_write_cxr_job, [(task, job) for job in jobs], cfg["num_workers"])
+        jobs, parallel_map(_write_cxr_job, [(task, job) for job in jobs], cfg["num_workers"], "pneumonia_cxr")
     ):
         counts[job["split"]][job["label"]] += 1
         patients[job["split"]][job["label"]].add(job["patient"])

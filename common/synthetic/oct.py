@@ -34,11 +34,11 @@ from scipy import ndimage
 from common.synthetic._io import (
     load_config,
     merge_checked,
+    parallel_map,
     save_gray_jpeg,
     save_mask_png,
     write_dataset_yaml,
 )
-from common.synthetic.config import progress
 
 __all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
 
@@ -54,6 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "scans_per_patient": [1, 4],  # inclusive range of B-scans per patient (the name's last number)
     "jpeg_quality": 90,
     "write_masks": True,
+    "num_workers": 1,  # processes rendering in parallel (the files are identical for any value)
     "render": {
         "scan_width_mm": [5.5, 6.5],  # lateral extent of the B-scan
         "depth_um": [1000.0, 1400.0],  # axial extent shown in the image
@@ -386,6 +387,15 @@ def _patients_for(rng: np.random.Generator, n_images: int, per_patient: Any) -> 
     return counts
 
 
+def _write_oct_job(args: tuple) -> None:
+    (out, size, render_cfg, quality, write_masks), (split, cls, pid, n), seed = args
+    sample = render_oct(np.random.default_rng(seed), cls, size=size, config=render_cfg)
+    rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
+    save_gray_jpeg(out / rel, sample["image"], quality=quality)
+    if write_masks:
+        save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+
+
 def generate_oct(
     out_dir: str | os.PathLike, config: str | os.PathLike | dict | None = None, seed: int = 0
 ) -> Path:
@@ -424,13 +434,12 @@ def generate_oct(
                 for n in range(1, count + 1):
                     jobs.append((split, cls, pid, n))
     seeds = rng.integers(0, 2**63 - 1, size=len(jobs))
+    task = (out, size, cfg["render"], int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
+    parallel_map(
+        _write_oct_job, [(task, job, int(s)) for job, s in zip(jobs, seeds)], cfg["num_workers"], "oct"
+    )
     counts_out: dict[str, dict[str, int]] = {s: dict.fromkeys(CLASSES, 0) for s in cfg["splits"]}
-    for (split, cls, pid, n), s in progress(list(zip(jobs, seeds)), desc="oct"):
-        sample = render_oct(np.random.default_rng(int(s)), cls, size=size, config=cfg["render"])
-        rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
-        save_gray_jpeg(out / rel, sample["image"], quality=int(cfg["jpeg_quality"]))
-        if cfg["write_masks"]:
-            save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+    for split, cls, _, _ in jobs:
         counts_out[split][cls] += 1
     write_dataset_yaml(
         out / "dataset.yaml",
@@ -446,7 +455,7 @@ def generate_oct(
             "lesion_masks": "lesion_masks/<image path>.png (255 = lesion: CNV lesion + fluid, DME fluid, drusen)"
             if cfg["write_masks"]
             else None,
-            "config": cfg,
+            "config": {k: v for k, v in cfg.items() if k != "num_workers"},  # files do not depend on it
         },
     )
     return out
