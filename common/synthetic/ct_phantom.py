@@ -149,16 +149,15 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class _Grid:
-    """The voxel grid in the body frame: index axes (z, x, y) during construction."""
+    """The voxel grid in the body frame.
 
-    def __init__(
-        self,
-        shape_xyz: tuple[int, int, int],
-        spacing: tuple[float, float, float],
-        centre_ij: tuple[float, float],
-        z0: float,
-        theta: float,
-    ) -> None:
+    During construction volumes are C-ordered ``(z, y, x)`` arrays, so that the final ``(X, Y, Z)`` view
+    (``transpose(2, 1, 0)``, no copy) is Fortran-ordered: x fastest, as NIfTI, MetaImage and DICOM
+    slices store voxels, which makes writing a plain copy. 2D fields are ``(y, x)``.
+    """
+
+    def __init__(self, shape_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
+                 centre_ij: tuple[float, float], z0: float, theta: float) -> None:
         self.shape_xyz = shape_xyz
         self.spacing = spacing
         nx, ny, nz = shape_xyz
@@ -167,7 +166,7 @@ class _Grid:
         self.yr = ((np.arange(ny) - centre_ij[1]) * sy).astype(np.float32)  # +anterior
         self.z = (z0 + np.arange(nz) * sz).astype(np.float32)  # lung frame: 0 = lowest lung point
         self.cos, self.sin = math.cos(theta), math.sin(theta)
-        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="ij")
+        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="xy")  # (ny, nx)
         self.u = (self.cos * xr2 + self.sin * yr2).astype(np.float32)  # patient frame, +right
         self.v = (-self.sin * xr2 + self.cos * yr2).astype(np.float32)  # patient frame, +anterior
 
@@ -178,13 +177,11 @@ class _Grid:
 
     def to_voxel(self, grid_xyz: np.ndarray) -> np.ndarray:
         """Grid-frame (xr, yr, z) mm -> continuous voxel index (i, j, k)."""
-        return np.array(
-            [
-                (grid_xyz[0] - self.xr[0]) / self.spacing[0],
-                (grid_xyz[1] - self.yr[0]) / self.spacing[1],
-                (grid_xyz[2] - self.z[0]) / self.spacing[2],
-            ]
-        )
+        return np.array([
+            (grid_xyz[0] - self.xr[0]) / self.spacing[0],
+            (grid_xyz[1] - self.yr[0]) / self.spacing[1],
+            (grid_xyz[2] - self.z[0]) / self.spacing[2],
+        ])
 
 
 def _segment_boxes(
@@ -197,38 +194,29 @@ def _segment_boxes(
     for index, (p0, p1, radius) in enumerate(segments):
         lo = np.minimum(p0, p1) - radius - pad
         hi = np.maximum(p0, p1) + radius + pad
-        i0, i1 = (
-            max(0, int(math.floor((lo[0] - grid.xr[0]) / sx))),
-            min(nx, int(math.ceil((hi[0] - grid.xr[0]) / sx)) + 1),
-        )
-        j0, j1 = (
-            max(0, int(math.floor((lo[1] - grid.yr[0]) / sy))),
-            min(ny, int(math.ceil((hi[1] - grid.yr[0]) / sy)) + 1),
-        )
-        k0, k1 = (
-            max(0, int(math.floor((lo[2] - grid.z[0]) / sz))),
-            min(nz, int(math.ceil((hi[2] - grid.z[0]) / sz)) + 1),
-        )
+        i0, i1 = max(0, int(math.floor((lo[0] - grid.xr[0]) / sx))), min(nx, int(math.ceil((hi[0] - grid.xr[0]) / sx)) + 1)
+        j0, j1 = max(0, int(math.floor((lo[1] - grid.yr[0]) / sy))), min(ny, int(math.ceil((hi[1] - grid.yr[0]) / sy)) + 1)
+        k0, k1 = max(0, int(math.floor((lo[2] - grid.z[0]) / sz))), min(nz, int(math.ceil((hi[2] - grid.z[0]) / sz)) + 1)
         if i0 >= i1 or j0 >= j1 or k0 >= k1:
             continue
         d = (p1 - p0).astype(np.float32)
         length2 = float(d @ d)
         dz = (grid.z[k0:k1] - np.float32(p0[2]))[:, None, None]
-        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, :, None]
-        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, None, :]
+        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, :, None]
+        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, None, :]
         if length2 > 1e-9:
             t = np.clip((dx * d[0] + dy * d[1] + dz * d[2]) / length2, 0.0, 1.0)
             qx, qy, qz = dx - t * d[0], dy - t * d[1], dz - t * d[2]
         else:
             qx, qy, qz = dx, dy, dz
         dist = np.sqrt(qx * qx + qy * qy + qz * qz)
-        yield (slice(k0, k1), slice(i0, i1), slice(j0, j1)), dist, index
+        yield (slice(k0, k1), slice(j0, j1), slice(i0, i1)), dist, index
 
 
 def _render_capsules(
     target: np.ndarray, grid: _Grid, segments: Sequence[tuple[np.ndarray, np.ndarray, float]], edge: float
 ) -> None:
-    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, x, y)."""
+    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, y, x)."""
     for box, dist, index in _segment_boxes(grid, segments, pad=edge):
         radius = segments[index][2]
         frac = np.clip(0.5 + (radius - dist) / edge, 0.0, 1.0)
@@ -275,9 +263,7 @@ def _grow_tree(
     return segments
 
 
-def _random_field_2d(
-    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, terms: int, wavelength: tuple[float, float]
-) -> np.ndarray:
+def _random_field_2d(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, terms: int, wavelength: tuple[float, float]) -> np.ndarray:
     """A smooth random 2D field (sum of separable sinusoids) with unit-ish amplitude."""
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.float32)
     for _ in range(terms):
@@ -366,16 +352,10 @@ def make_chest_phantom(
         return a - fat - muscle, b_ant - fat - max(0.6 * muscle, 10.0 * s), b_post - fat - muscle - paraspinal
 
     # body outline irregularity and lung outline perturbation
-    body_eps = sum(
-        rng.normal(0, 0.012) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)
-    ).astype(np.float32)
+    body_eps = sum(rng.normal(0, 0.012) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)).astype(np.float32)
     amp = float(c["lung_shape_irregularity"])
-    lung_eps_a = (
-        amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
-    ).astype(np.float32)
-    lung_eps_b = (
-        amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (1, 3, 4))
-    ).astype(np.float32)
+    lung_eps_a = (amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))).astype(np.float32)
+    lung_eps_b = (amp * sum(rng.normal(0, 0.5) * np.cos(k * psi + rng.uniform(0, 2 * np.pi)) for k in (1, 3, 4))).astype(np.float32)
     lung_eps_wave = (2 * math.pi / rng.uniform(120, 260), rng.uniform(0, 2 * math.pi))
 
     # ---- key levels ----
@@ -388,18 +368,18 @@ def make_chest_phantom(
     carina_z = lung_height * rng.uniform(0.60, 0.68)
 
     # diaphragm surfaces (2D): lowest at the posterior/lateral recesses, dome under each lung
-    def dome_surface(cx: float, dome: float) -> np.ndarray:
-        rho2 = ((u - cx) / (0.75 * a_c0)) ** 2 + ((v - 0.2 * bca0) / (1.05 * bca0)) ** 2
-        z_low = 0.14 * lung_height * np.clip(v / bca0, 0.0, 1.0)
-        return (z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))).astype(np.float32)
+    def dome_surface(uu: np.ndarray, vv: np.ndarray, cx: float, dome: float) -> np.ndarray:
+        rho2 = ((uu - cx) / (0.75 * a_c0)) ** 2 + ((vv - 0.2 * bca0) / (1.05 * bca0)) ** 2
+        z_low = 0.14 * lung_height * np.clip(vv / bca0, 0.0, 1.0)
+        return z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))
 
-    blend = (1.0 / (1.0 + np.exp(-u / 12.0))).astype(np.float32)
-    z_dia = blend * dome_surface(0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(-0.45 * a_c0, dome_l)
-    z_dia -= (
-        6.0
-        * s
-        * np.exp(-((u + 0.1 * a_c0) ** 2 + (v - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2)).astype(np.float32)
-    )
+    def diaphragm(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
+        blend = 1.0 / (1.0 + np.exp(-uu / 12.0))
+        z = blend * dome_surface(uu, vv, 0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(uu, vv, -0.45 * a_c0, dome_l)
+        # the central tendon under the heart sags a little
+        return z - 6.0 * s * np.exp(-((uu + 0.1 * a_c0) ** 2 + (vv - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2))
+
+    z_dia = diaphragm(u, v).astype(np.float32)
 
     # lung apex ellipses (2D, normalised radius squared)
     ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
@@ -422,9 +402,9 @@ def make_chest_phantom(
     # heart (in-plane rotated ellipsoid sitting on the diaphragm, to the left and anterior)
     heart_axes = np.array([62.0, 47.0, 52.0]) * s * rng.uniform(0.9, 1.12, size=3)
     heart_rot = math.radians(rng.uniform(25.0, 45.0))
-    heart_c = np.array(
-        [-0.2 * a_c0, bca0 - 0.95 * heart_axes[1], min(dome_r, dome_l) - 8 * s + 0.75 * heart_axes[2]]
-    )
+    heart_uv = (-0.2 * a_c0, bca0 - 0.95 * heart_axes[1])
+    # the heart rests on the diaphragm: its lower third is a column standing on the central tendon
+    heart_c = np.array([*heart_uv, float(diaphragm(np.array(heart_uv[0]), np.array(heart_uv[1]))) + 0.45 * heart_axes[2]])
     hu_c, hs_c = math.cos(heart_rot), math.sin(heart_rot)
     hu_ = (u - heart_c[0]) * hu_c + (v - heart_c[1]) * hs_c
     hv_ = -(u - heart_c[0]) * hs_c + (v - heart_c[1]) * hu_c
@@ -447,44 +427,28 @@ def make_chest_phantom(
     desc_u, desc_v = -(0.55 * rvb_lr + aorta_r_desc + 3.0 * s), v_vb_mid + 0.9 * rvb_ap + 0.4 * aorta_r_desc
     arch_z = carina_z + rng.uniform(18.0, 32.0) * s
     aorta_path = [
-        np.array(
-            [
-                heart_c[0] + 0.35 * heart_axes[0],
-                heart_c[1] + 0.2 * heart_axes[1],
-                heart_c[2] + 0.3 * heart_axes[2],
-            ]
-        ),
+        np.array([heart_c[0] + 0.35 * heart_axes[0], heart_c[1] + 0.2 * heart_axes[1], heart_c[2] + 0.3 * heart_axes[2]]),
         np.array([0.12 * a_c0, 0.25 * bca0, carina_z - 5.0 * s]),
         np.array([0.02 * a_c0, 0.15 * bca0, arch_z]),
         np.array([-0.15 * a_c0, trachea_v + 4.0 * s, arch_z + 4.0 * s]),
         np.array([desc_u, desc_v + 4.0 * s, arch_z - 12.0 * s]),
         np.array([desc_u, desc_v, z_lo - 20.0]),
     ]
-    aorta_tubes = [
-        (aorta_path[n], aorta_path[n + 1], aorta_r_asc if n < 3 else aorta_r_desc)
-        for n in range(len(aorta_path) - 1)
-    ]
-    esophagus_tubes = [
-        (
-            np.array([-8.0 * s, v_vb_mid + rvb_ap + 4.0 * s, z_hi + 20.0]),
-            np.array([-0.25 * a_c0, 0.0, min(dome_l, dome_r) - 25.0 * s]),
-            7.5 * s,
-        )
-    ]
+    aorta_tubes = [(aorta_path[n], aorta_path[n + 1], aorta_r_asc if n < 3 else aorta_r_desc) for n in range(len(aorta_path) - 1)]
+    esophagus_tubes = [(np.array([-8.0 * s, v_vb_mid + rvb_ap + 4.0 * s, z_hi + 20.0]),
+                        np.array([-0.25 * a_c0, 0.0, min(dome_l, dome_r) - 25.0 * s]), 7.5 * s)]
 
     def to_grid(tubes: list) -> list:
         return [(grid.to_grid_frame(p0), grid.to_grid_frame(p1), r) for p0, p1, r in tubes]
 
-    shape_zxy = (nz, matrix, matrix)
-    # structure fractions in (z, x, y)
-    airway_frac = np.zeros(shape_zxy, np.float32)  # trachea + main bronchi, outer wall
-    lumen_frac = np.zeros(shape_zxy, np.float32)
-    aorta_frac = np.zeros(shape_zxy, np.float32)
-    eso_frac = np.zeros(shape_zxy, np.float32)
+    shape_zyx = (nz, matrix, matrix)
+    # structure fractions in (z, y, x)
+    airway_frac = np.zeros(shape_zyx, np.float32)  # trachea + main bronchi, outer wall
+    lumen_frac = np.zeros(shape_zyx, np.float32)
+    aorta_frac = np.zeros(shape_zyx, np.float32)
+    eso_frac = np.zeros(shape_zyx, np.float32)
     _render_capsules(airway_frac, grid, to_grid(airway_tubes), edge)
-    _render_capsules(
-        lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge
-    )
+    _render_capsules(lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge)
     _render_capsules(aorta_frac, grid, to_grid(aorta_tubes), edge)
     _render_capsules(eso_frac, grid, to_grid(esophagus_tubes), edge)
 
@@ -497,9 +461,9 @@ def make_chest_phantom(
 
     # lung parenchyma HU (2D part): gravity-dependent density gradient + smooth texture
     post_frac = np.clip((bca0 - v) / (bca0 + bcp0), 0.0, 1.0)
-    lung_base2d = (lung_hu + gravity_hu * post_frac**2).astype(np.float32)
-    tex_a = _random_field_2d(rng, grid.xr, grid.yr, 3, (40.0, 110.0)) * 8.0
-    tex_b = _random_field_2d(rng, grid.xr, grid.yr, 3, (25.0, 70.0)) * 6.0
+    lung_base2d = (lung_hu + gravity_hu * post_frac ** 2).astype(np.float32)
+    tex_a = _random_field_2d(rng, grid.yr, grid.xr, 3, (40.0, 110.0)) * 8.0
+    tex_b = _random_field_2d(rng, grid.yr, grid.xr, 3, (25.0, 70.0)) * 6.0
     tex_wave = (2 * math.pi / rng.uniform(40, 100), rng.uniform(0, 2 * math.pi))
 
     # rib cage
@@ -515,15 +479,15 @@ def make_chest_phantom(
     # table (2D, same on every slice)
     table2d = None
     if c["table"]:
-        xr2 = np.broadcast_to(grid.xr[:, None], (matrix, matrix))
-        yr2 = np.broadcast_to(grid.yr[None, :], (matrix, matrix))
-        top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2**2
+        xr2 = np.broadcast_to(grid.xr[None, :], (matrix, matrix))
+        yr2 = np.broadcast_to(grid.yr[:, None], (matrix, matrix))
+        top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2 ** 2
         table2d = (yr2 < top) & (yr2 > top - 9.0) & (np.abs(xr2) < 0.85 * fov / 2)
 
-    hu_zxy = np.empty(shape_zxy, np.float32)
-    label_zxy = np.zeros(shape_zxy, np.uint8)
-    bone_zxy = np.zeros(shape_zxy, bool)
-    body_zxy = np.zeros(shape_zxy, bool)
+    hu_zyx = np.empty(shape_zyx, np.float32)
+    label_zyx = np.zeros(shape_zyx, np.uint8)
+    bone_zyx = np.zeros(shape_zyx, bool)
+    body_zyx = np.zeros(shape_zyx, bool)
 
     for k, z in enumerate(grid.z.tolist()):
         a_b, ba_b, bp_b = torso_axes(z)
@@ -552,9 +516,7 @@ def make_chest_phantom(
                 dzs = (z - st_c[2]) / st_axes[2]
                 if abs(dzs) < 1.0:
                     scale = math.sqrt(1.0 - dzs * dzs)
-                    q = ((u - st_c[0]) / (st_axes[0] * scale)) ** 2 + (
-                        (v - st_c[1]) / (st_axes[1] * scale)
-                    ) ** 2
+                    q = ((u - st_c[0]) / (st_axes[0] * scale)) ** 2 + ((v - st_c[1]) / (st_axes[1] * scale)) ** 2
                     inside = (q < 1.0) & below & (z < z_dia - 5.0 * s)
                     sl[inside] = 30.0
                     if z > fluid_z:
@@ -567,42 +529,38 @@ def make_chest_phantom(
         v_vb = vertebra_v(z)
         spine_q = (u / (rvb_lr + 4.0 * s)) ** 2 + ((v - v_vb) / (rvb_ap + 4.0 * s)) ** 2
         excl = spine_q < 1.0
-        if abs(z - heart_c[2]) < heart_axes[2] + 4.0 * s:
-            dzh = (z - heart_c[2]) / (heart_axes[2] + 4.0 * s)
+        if z < heart_c[2] + heart_axes[2] + 4.0 * s:
+            dzh = max((z - heart_c[2]) / (heart_axes[2] + 4.0 * s), 0.0)
             excl |= heart_q2d < (1.0 - dzh * dzh) * (1.0 + 4.0 * s / heart_axes[0]) ** 2
         # central mediastinum (great vessels, trachea, oesophagus, left atrium): widest where it meets the
         # heart, narrower toward the neck and the diaphragm
         widen = 1.0 + 0.6 * math.exp(-(((z - heart_top + 10.0 * s) / (35.0 * s)) ** 2))
-        excl |= ((u - 2.0 * s) / (18.0 * s * widen)) ** 2 + (
-            (v - trachea_v - 8.0 * s) / (34.0 * s)
-        ) ** 2 < 1.0
+        excl |= ((u - 2.0 * s) / (18.0 * s * widen)) ** 2 + ((v - trachea_v - 8.0 * s) / (34.0 * s)) ** 2 < 1.0
         excl |= airway_frac[k] > 0.01
         excl |= aorta_frac[k] > 0.01
         excl |= eso_frac[k] > 0.01
         lung_core &= ~excl
-        for label, side, ell, apex in (
-            (1, u > midline + gap, ell_r, apex_r),
-            (2, u < midline - gap, ell_l, apex_l),
-        ):
+        for label, side, ell, apex in ((1, u > midline + gap, ell_r, apex_r), (2, u < midline - gap, ell_l, apex_l)):
             if z >= apex:
                 continue
             g2 = 1.0 - ((z - widest) / (apex - widest)) ** 2 if z > widest else 1.0
             lung = lung_core & side & (ell < g2 * (1.0 + eps))
-            label_zxy[k][lung] = label
-        lung_any = label_zxy[k] > 0
+            label_zyx[k][lung] = label
+        lung_any = label_zyx[k] > 0
         wave = math.cos(tex_wave[0] * z + tex_wave[1])
         sl[lung_any] = (lung_base2d + tex_a * wave + tex_b * (1.0 - wave))[lung_any]
 
         # ---- heart, great vessels, airways, oesophagus ----
-        if abs(z - heart_c[2]) < heart_axes[2] * 1.08:
-            dzh = (z - heart_c[2]) / heart_axes[2]
+        if z < heart_c[2] + heart_axes[2] * 1.08:
+            dzh = max((z - heart_c[2]) / heart_axes[2], 0.0)
             f2 = 1.0 - dzh * dzh
+            in_chest = cavity & above
             if f2 > -0.17:
-                sl[(heart_q2d < max(f2, 0.0) * 1.17) & cavity] = -95.0  # epicardial fat
+                sl[(heart_q2d < max(f2, 0.0) * 1.17) & in_chest] = -95.0  # epicardial fat
             if f2 > 0:
-                sl[(heart_q2d < f2) & cavity] = 42.0  # myocardium
+                sl[(heart_q2d < f2) & in_chest] = 42.0  # myocardium
                 if contrast:
-                    sl[(heart_q2d < f2 * 0.55) & cavity] = blood_hu
+                    sl[(heart_q2d < f2 * 0.55) & in_chest] = blood_hu
         frac = aorta_frac[k]
         m = frac > 0
         sl[m] = sl[m] * (1 - frac[m]) + blood_hu * frac[m]
@@ -645,9 +603,7 @@ def make_chest_phantom(
         canal = dc < r_canal
         if level < 0.7 or level > 0.95:
             arch = (dc >= r_canal) & (dc < r_canal + 4.5 * s)
-            spinous = (
-                (np.abs(u) < 3.5 * s) & (v < v_canal - r_canal) & (v > v_canal - r_canal - 32.0 * s) & body
-            )
+            spinous = (np.abs(u) < 3.5 * s) & (v < v_canal - r_canal) & (v > v_canal - r_canal - 32.0 * s) & body
             transverse = (np.abs(v - v_canal) < 4.5 * s) & (np.abs(u) < 30.0 * s)
             post = (arch | spinous | transverse) & ~canal
             sl[post] = 620.0
@@ -666,22 +622,22 @@ def make_chest_phantom(
             sl[scap] = 560.0
             bone = bone | scap
 
-        hu_zxy[k] = sl
-        bone_zxy[k] = bone
-        body_zxy[k] = body
+        hu_zyx[k] = sl
+        bone_zyx[k] = bone
+        body_zyx[k] = body
 
     # ---- intrapulmonary vessels and airways ----
-    _add_pulmonary_trees(rng, grid, hu_zxy, label_zxy, c, s, hilum_r, hilum_l, blood_hu, edge)
+    _add_pulmonary_trees(rng, grid, hu_zyx, label_zyx, c, s, hilum_r, hilum_l, blood_hu, edge)
 
     # lung label: trachea and main bronchi are not lung
-    label_zxy[airway_frac > 0.5] = 0
+    label_zyx[airway_frac > 0.5] = 0
 
-    hu = np.ascontiguousarray(hu_zxy.transpose(1, 2, 0))
-    lung_label = np.ascontiguousarray(label_zxy.transpose(1, 2, 0))
-    bone_mask = np.ascontiguousarray(bone_zxy.transpose(1, 2, 0))
-    body_mask = np.ascontiguousarray(body_zxy.transpose(1, 2, 0))
-    airway_mask = np.ascontiguousarray((lumen_frac > 0.5).transpose(1, 2, 0))
-    del hu_zxy, label_zxy, bone_zxy, body_zxy
+    # (z, y, x) C-order -> (x, y, z) Fortran-order views: no copy
+    hu = hu_zyx.transpose(2, 1, 0)
+    lung_label = label_zyx.transpose(2, 1, 0)
+    bone_mask = bone_zyx.transpose(2, 1, 0)
+    body_mask = body_zyx.transpose(2, 1, 0)
+    airway_mask = (lumen_frac > 0.5).transpose(2, 1, 0)
 
     # world frame: RAS, voxel (0,0,0) placed like a scanner reconstruction (isocentre near 0)
     table_z = -rng.uniform(80.0, 350.0)
@@ -702,17 +658,9 @@ def make_chest_phantom(
         airway_mask=airway_mask,
         noise_sd=float(noise_sd),
         params={
-            "body_scale": s,
-            "body_aspect": aspect,
-            "rotation_deg": math.degrees(theta),
-            "breathing": breath,
-            "fat_mm": fat,
-            "lung_height_mm": lung_height,
-            "contrast": contrast,
-            "lung_hu": lung_hu,
-            "stomach_gas": stomach is not None,
-            "noise_sd_hu": noise_sd,
-            "fov_mm": fov,
+            "body_scale": s, "body_aspect": aspect, "rotation_deg": math.degrees(theta), "breathing": breath,
+            "fat_mm": fat, "lung_height_mm": lung_height, "contrast": contrast, "lung_hu": lung_hu,
+            "stomach_gas": stomach is not None, "noise_sd_hu": noise_sd, "fov_mm": fov,
         },
         landmarks={"carina": world(carina), "hilum_right": world(hilum_r), "hilum_left": world(hilum_l)},
     )
@@ -722,46 +670,34 @@ def make_chest_phantom(
 
 
 def _add_pulmonary_trees(
-    rng: np.random.Generator,
-    grid: _Grid,
-    hu_zxy: np.ndarray,
-    label_zxy: np.ndarray,
-    c: Mapping[str, Any],
-    s: float,
-    hilum_r: np.ndarray,
-    hilum_l: np.ndarray,
-    blood_hu: float,
-    edge: float,
+    rng: np.random.Generator, grid: _Grid, hu_zyx: np.ndarray, label_zyx: np.ndarray, c: Mapping[str, Any],
+    s: float, hilum_r: np.ndarray, hilum_l: np.ndarray, blood_hu: float, edge: float,
 ) -> None:
     """Arteries running with the airways, and veins, branching from each hilum to fill the lung."""
     gens = int(c["vessel_generations"])
     air_gens = int(c["airway_generations"])
     if gens <= 0:
         return
-    nz, nx, ny = hu_zxy.shape
+    nz, ny, nx = hu_zyx.shape
     for label, hilum in ((1, hilum_r), (2, hilum_l)):
         # a cloud of points spread through this lung (a coarse sub-sample of its voxels)
         step = max(1, int(round(4.0 / max(grid.spacing[0], 1e-3))))
         zstep = max(1, int(round(4.0 / grid.spacing[2])))
-        coarse = label_zxy[::zstep, ::step, ::step] == label
-        kk, ii, jj = np.nonzero(coarse)
+        coarse = label_zyx[::zstep, ::step, ::step] == label
+        kk, jj, ii = np.nonzero(coarse)
         if len(kk) < 16:
             continue
         box_lo = np.array([ii.min() * step, jj.min() * step, kk.min() * zstep])
         box_hi = np.array([ii.max() * step + step, jj.max() * step + step, kk.max() * zstep + zstep])
-        n_pts = min(len(kk), 2**gens * 2)
+        n_pts = min(len(kk), 2 ** gens * 2)
 
         voxels = np.stack([ii * step, jj * step, kk * zstep], axis=1).astype(np.float64)
         steps = np.array([step, step, zstep], dtype=np.float64)
         origin = np.array([grid.xr[0], grid.yr[0], grid.z[0]], dtype=np.float64)
         root = grid.to_grid_frame(hilum)
-        airway_tree = _grow_tree(
-            rng, root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.5 * s, gens
-        )
+        airway_tree = _grow_tree(rng, root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.5 * s, gens)
         vein_root = grid.to_grid_frame(hilum + np.array([0.0, 12.0 * s, -28.0 * s]))
-        vein_tree = _grow_tree(
-            rng, vein_root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.0 * s, gens
-        )
+        vein_tree = _grow_tree(rng, vein_root, _point_cloud(rng, voxels, steps, origin, grid.spacing, n_pts), 6.0 * s, gens)
         offset_dir = grid.to_grid_frame(np.array([0.0, 1.0, 0.0])) - grid.to_grid_frame(np.zeros(3))
         vessels, walls, lumens = [], [], []
         for p0, p1, r, gen in airway_tree:
@@ -785,28 +721,22 @@ def _add_pulmonary_trees(
         i0, i1 = int(box_lo[0]), int(min(nx, box_hi[0] + 1))
         j0, j1 = int(box_lo[1]), int(min(ny, box_hi[1] + 1))
         sub = _SubGrid(grid, (i0, i1), (j0, j1), (k0, k1))
-        vfrac = np.zeros((k1 - k0, i1 - i0, j1 - j0), np.float32)
+        vfrac = np.zeros((k1 - k0, j1 - j0, i1 - i0), np.float32)
         wfrac = np.zeros_like(vfrac)
         lfrac = np.zeros_like(vfrac)
         _render_capsules(vfrac, sub, vessels, edge)
         _render_capsules(wfrac, sub, walls, edge)
         _render_capsules(lfrac, sub, lumens, edge)
-        region = hu_zxy[k0:k1, i0:i1, j0:j1]
-        in_lung = label_zxy[k0:k1, i0:i1, j0:j1] == label
+        region = hu_zyx[k0:k1, j0:j1, i0:i1]
+        in_lung = label_zyx[k0:k1, j0:j1, i0:i1] == label
         tissue = np.maximum(vfrac, wfrac)
         val = region * (1.0 - tissue) + blood_hu * vfrac + 35.0 * np.maximum(wfrac - vfrac, 0.0)
         val = val * (1.0 - lfrac) - 1000.0 * lfrac
         np.copyto(region, val, where=in_lung)
 
 
-def _point_cloud(
-    rng: np.random.Generator,
-    voxels: np.ndarray,
-    steps: np.ndarray,
-    origin: np.ndarray,
-    spacing: Sequence[float],
-    n_points: int,
-) -> np.ndarray:
+def _point_cloud(rng: np.random.Generator, voxels: np.ndarray, steps: np.ndarray, origin: np.ndarray,
+                 spacing: Sequence[float], n_points: int) -> np.ndarray:
     """``n_points`` random grid-frame positions (mm) spread over the given (sub-sampled) voxels."""
     pick = rng.choice(len(voxels), size=n_points, replace=False)
     jitter = rng.uniform(-0.5, 0.5, size=(n_points, 3)) * steps
@@ -816,20 +746,16 @@ def _point_cloud(
 class _SubGrid(_Grid):
     """A box of a ``_Grid`` (same frame)."""
 
-    def __init__(
-        self, parent: _Grid, irange: tuple[int, int], jrange: tuple[int, int], krange: tuple[int, int]
-    ) -> None:
+    def __init__(self, parent: _Grid, irange: tuple[int, int], jrange: tuple[int, int], krange: tuple[int, int]) -> None:
         self.spacing = parent.spacing
-        self.xr = parent.xr[irange[0] : irange[1]]
-        self.yr = parent.yr[jrange[0] : jrange[1]]
-        self.z = parent.z[krange[0] : krange[1]]
+        self.xr = parent.xr[irange[0]:irange[1]]
+        self.yr = parent.yr[jrange[0]:jrange[1]]
+        self.z = parent.z[krange[0]:krange[1]]
         self.shape_xyz = (len(self.xr), len(self.yr), len(self.z))
         self.cos, self.sin = parent.cos, parent.sin
 
 
-def add_ct_noise(
-    phantom: ChestPhantom, rng: np.random.Generator, correlation_px: float = 0.7
-) -> ChestPhantom:
+def add_ct_noise(phantom: ChestPhantom, rng: np.random.Generator, correlation_px: float = 0.7) -> ChestPhantom:
     """Add spatially correlated Gaussian CT noise and round to integer HU in [-1024, 3071] (in place).
 
     The noise is white noise smoothed in-plane by a Gaussian of ``correlation_px`` voxels (reconstruction
@@ -847,14 +773,17 @@ def add_ct_noise(
     """
     from scipy.ndimage import gaussian_filter1d
 
-    noise = rng.standard_normal(phantom.hu.shape, dtype=np.float32)
+    # drawn in (z, y, x) C-order and viewed as (x, y, z): the layout of the phantom's arrays
+    noise = rng.standard_normal(phantom.hu.shape[::-1], dtype=np.float32)
     if correlation_px > 0:
-        noise = gaussian_filter1d(noise, correlation_px, axis=0, mode="wrap")
-        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap")
+        noise = gaussian_filter1d(noise, correlation_px, axis=2, mode="wrap", truncate=3.0)
+        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap", truncate=3.0)
         # the variance of Gaussian-smoothed white noise: 1 / (4 pi sigma^2) for sigma >~ 0.7 voxel
-        kernel = np.exp(-0.5 * (np.arange(-8, 9) / correlation_px) ** 2)
+        radius = int(3.0 * correlation_px + 0.5)
+        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation_px) ** 2)
         kernel /= kernel.sum()
         noise *= np.float32(1.0 / (kernel @ kernel))
+    noise = noise.transpose(2, 1, 0)
     nx, ny, _ = phantom.hu.shape
     ci, cj = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
     profile = (phantom.noise_sd * (1.08 - 0.15 * (ci**2 + cj**2))).astype(np.float32)
@@ -891,9 +820,7 @@ def _dicom_case_ids(choice: Any, train: list[str], val: list[str], test: list[st
         if unknown:
             raise InputDataError(source, f"dicom_cases names cases that are not generated: {unknown}")
         return set(map(str, choice))
-    raise InputDataError(
-        source, f"dicom_cases must be 'test', 'all', 'none' or a list of case ids, got {choice!r}"
-    )
+    raise InputDataError(source, f"dicom_cases must be 'test', 'all', 'none' or a list of case ids, got {choice!r}")
 
 
 def _make_lung_case(args: tuple) -> dict[str, Any]:
@@ -910,17 +837,10 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     write_nifti(out_dir / label_dir / f"{case_id}.nii.gz", phantom.lung_label, phantom.affine, np.uint8)
     if write_mhd:
         write_mhd_volume(out_dir / "mhd" / f"{case_id}.mhd", phantom.hu, phantom.affine, np.int16)
-        write_mhd_volume(
-            out_dir / "mhd" / f"{case_id}_label.mhd", phantom.lung_label, phantom.affine, np.uint8
-        )
+        write_mhd_volume(out_dir / "mhd" / f"{case_id}_label.mhd", phantom.lung_label, phantom.affine, np.uint8)
     if write_dicom:
-        write_dicom_ct_series(
-            out_dir / "dicom" / case_id,
-            phantom.hu,
-            phantom.affine,
-            uid_parts=(seed, "lung_ct", case_id),
-            patient_number=number,
-        )
+        write_dicom_ct_series(out_dir / "dicom" / case_id, phantom.hu, phantom.affine, uid_parts=(seed, "lung_ct", case_id),
+                              patient_number=number)
     t2 = time.perf_counter()
     return {
         "id": case_id,
@@ -934,9 +854,7 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     }
 
 
-def generate_lung_ct(
-    out_dir: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any] | None = None, seed: int = 0
-) -> Path:
+def generate_lung_ct(out_dir: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any] | None = None, seed: int = 0) -> Path:
     """Write a synthetic chest CT lung segmentation set in the MSD/decathlon layout.
 
     Layout::
@@ -961,26 +879,13 @@ def generate_lung_ct(
     cfg = load_config(LUNG_CT_DEFAULTS, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, val, test = _split_ids(
-        cfg["case_prefix"], (int(cfg["num_train"]), int(cfg["num_val"]), int(cfg["num_test"]))
-    )
+    train, val, test = _split_ids(cfg["case_prefix"], (int(cfg["num_train"]), int(cfg["num_val"]), int(cfg["num_test"])))
     dicom_ids = _dicom_case_ids(cfg["dicom_cases"], train, val, test, source)
     jobs = []
     for number, case_id in enumerate(train + val + test, start=1):
         in_test = case_id in test
-        jobs.append(
-            (
-                str(out),
-                case_id,
-                number,
-                int(seed),
-                cfg["phantom"],
-                "imagesTs" if in_test else "imagesTr",
-                "labelsTs" if in_test else "labelsTr",
-                case_id in dicom_ids,
-                bool(cfg["write_mhd"]),
-            )
-        )
+        jobs.append((str(out), case_id, number, int(seed), cfg["phantom"], "imagesTs" if in_test else "imagesTr",
+                     "labelsTs" if in_test else "labelsTr", case_id in dicom_ids, bool(cfg["write_mhd"])))
     t0 = time.perf_counter()
     results = _run_jobs(_make_lung_case, jobs, int(cfg["num_workers"]), desc="lung_ct")
     elapsed = time.perf_counter() - t0
@@ -1007,27 +912,18 @@ def generate_lung_ct(
 
     atomic_write_json(out / "dataset.json", dataset)
     by_id = {r["id"]: r for r in results}
-    write_dataset_yaml(
-        out,
-        {
-            "generator": "common.synthetic.ct_phantom:generate_lung_ct",
-            "task": "lung_ct",
-            "layout": "MSD/decathlon (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs) + dicom/ + mhd/",
-            "seed": int(seed),
-            "labels": {int(k): v for k, v in _LUNG_LABELS.items()},
-            "counts": {"train": len(train), "val": len(val), "test": len(test)},
-            "splits": {"train": train, "val": val, "test": test},
-            "dicom_cases": sorted(dicom_ids),
-            "cases": [
-                {
-                    k: by_id[i][k]
-                    for k in ("id", "shape", "spacing", "right_lung_ml", "left_lung_ml", "params")
-                }
-                for i in train + val + test
-            ],
-            "config": cfg,
-        },
-    )
+    write_dataset_yaml(out, {
+        "generator": "common.synthetic.ct_phantom:generate_lung_ct",
+        "task": "lung_ct",
+        "layout": "MSD/decathlon (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs) + dicom/ + mhd/",
+        "seed": int(seed),
+        "labels": {int(k): v for k, v in _LUNG_LABELS.items()},
+        "counts": {"train": len(train), "val": len(val), "test": len(test)},
+        "splits": {"train": train, "val": val, "test": test},
+        "dicom_cases": sorted(dicom_ids),
+        "cases": [{k: by_id[i][k] for k in ("id", "shape", "spacing", "right_lung_ml", "left_lung_ml", "params")} for i in train + val + test],
+        "config": cfg,
+    })
     _last_timing.update({"seconds_total": elapsed, "cases": results})
     return out
 
@@ -1047,9 +943,7 @@ def _run_jobs(func: Any, jobs: list, num_workers: int, desc: str) -> list:
         return list(progress(pool.map(func, jobs), desc=desc, total=len(jobs)))
 
 
-def benchmark_ct(
-    n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, out_dir: str | None = None
-) -> dict[str, Any]:
+def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, out_dir: str | None = None) -> dict[str, Any]:
     """Time the generation of a full-size CT set: ``n_scans`` adult chest phantoms at ``spacing`` mm.
 
     The set is written like ``generate_lung_ct`` writes it (NIfTI images and labels, MHD copies, DICOM
@@ -1071,10 +965,7 @@ def benchmark_ct(
     n_test = max(1, round(0.15 * n_scans))
     n_val = max(0, round(0.15 * n_scans))
     config = {
-        "num_train": n_scans - n_test - n_val,
-        "num_val": n_val,
-        "num_test": n_test,
-        "num_workers": num_workers,
+        "num_train": n_scans - n_test - n_val, "num_val": n_val, "num_test": n_test, "num_workers": num_workers,
         "phantom": {"in_plane_spacing_mm": spacing, "slice_spacing_mm": [spacing, spacing]},
     }
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_ct_"))
@@ -1093,13 +984,7 @@ def benchmark_ct(
         "num_workers": num_workers,
         "seconds": round(seconds, 2),
         "seconds_per_scan": round(seconds / max(n_scans, 1), 3),
-        "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)]
-        if cases
-        else None,
-        "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3)
-        if cases
-        else None,
-        "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3)
-        if cases
-        else None,
+        "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)] if cases else None,
+        "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3) if cases else None,
+        "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3) if cases else None,
     }
