@@ -22,20 +22,10 @@ from common.io.atomic import atomic_write_text
 
 T = TypeVar("T")
 
-__all__ = [
-    "load_config",
-    "merge_config",
-    "make_rng",
-    "child_rng",
-    "progress",
-    "write_dataset_yaml",
-    "to_builtin",
-]
+__all__ = ["load_config", "merge_config", "make_rng", "child_rng", "progress", "write_dataset_yaml", "to_builtin"]
 
 
-def merge_config(
-    defaults: Mapping[str, Any], override: Mapping[str, Any] | None, source: str = "config"
-) -> dict:
+def merge_config(defaults: Mapping[str, Any], override: Mapping[str, Any] | None, source: str = "config") -> dict:
     """Return a deep copy of ``defaults`` with ``override`` applied on top.
 
     Nested dictionaries are merged key by key; any other value replaces the default. Keys of ``override``
@@ -139,9 +129,7 @@ def child_rng(rng: np.random.Generator) -> np.random.Generator:
     return np.random.default_rng(rng.integers(0, 2**63 - 1, dtype=np.int64))
 
 
-def progress(
-    iterable: Iterable[T], desc: str, total: int | None = None, disable: bool | None = None
-) -> Iterator[T]:
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, disable: bool | None = None) -> Iterator[T]:
     """Wrap ``iterable`` in a tqdm progress bar on stderr.
 
     Args:
