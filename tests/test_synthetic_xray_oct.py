@@ -401,3 +401,19 @@ def test_oct_layout_naming_and_determinism(tmp_path):
     desc = yaml.safe_load((out / "dataset.yaml").read_text())
     assert desc["counts"]["test"] == dict.fromkeys(OCT_CLASSES, 2)
     assert _digest(out) == _digest(generate_oct(tmp_path / "b", config={**config, "num_workers": 2}, seed=1))
+
+
+def test_montage_script_writes_small_png(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "synthetic_montage.py"
+    spec = importlib.util.spec_from_file_location("synthetic_montage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.main(out=str(tmp_path), datasets="oct", tile=96)
+    assert [Path(p).name for p in written] == ["synthetic_oct.png"]
+    with Image.open(written[0]) as im:
+        assert im.format == "PNG" and im.size[0] > 4 * 96
+    assert Path(written[0]).stat().st_size < 300_000
+    with pytest.raises(SystemExit):
+        module.main(out=str(tmp_path), datasets="mri")
