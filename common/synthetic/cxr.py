@@ -206,6 +206,9 @@ def _resample_coarse(
     if np.all(np.abs(factors - 1.0) < 0.05) or np.all(factors > 1.0):
         return vol, np.asarray(spacing, dtype=np.float64)
     factors = np.minimum(factors, 1.0)
+    if order > 0:
+        # anti-alias before thinning out a fine grid, so thin bone is averaged rather than skipped
+        vol = ndimage.gaussian_filter(vol, np.where(factors < 0.95, 0.4 / factors, 0.0), mode="nearest")
     out = ndimage.zoom(vol, factors, order=order, prefilter=False, grid_mode=True, mode="nearest")
     return out, np.asarray(spacing, dtype=np.float64) * np.asarray(vol.shape) / np.asarray(out.shape)
 
@@ -528,13 +531,12 @@ def _plan_pneumonia(cfg: dict, rng: np.random.Generator) -> list[dict[str, Any]]
                 if cls == "NORMAL":
                     severity = 0.0
                     if rng.random() < float(cfg["normal2_fraction"]):
-                        patient, prefix = f"NORMAL2-IM-{next_im2:04d}", "NORMAL2-IM"
+                        patient = f"NORMAL2-IM-{next_im2:04d}"
                         next_im2 += 1
                     else:
-                        patient, prefix = f"IM-{next_im:04d}", "IM"
+                        patient = f"IM-{next_im:04d}"
                         next_im += 1
                     names = [f"{patient}-{k + 1:04d}.jpeg" for k in range(n)]
-                    del prefix
                     folder = "NORMAL"
                 else:
                     severity = _u(rng, cfg["severity"][cls])
@@ -666,7 +668,8 @@ def generate_pneumonia_cxr(
             if cfg["write_masks"]
             else None,
             "metadata": "metadata.csv",
-            "config": {k: v for k, v in cfg.items() if k != "num_workers"},  # files do not depend on it
+            # the effective configuration (render defaults filled in); num_workers does not change the files
+            "config": {**{k: v for k, v in cfg.items() if k != "num_workers"}, "render": render_cfg},
         },
     )
     return out

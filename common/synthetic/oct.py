@@ -310,7 +310,6 @@ def render_oct(
     elif label == "DME":
         cysts = np.zeros((h, w), dtype=bool)
         n = int(rng.integers(3, 14))
-        cols = np.arange(w)
         for _ in range(n):
             cx = fovea + rng.normal(0, 0.7)
             ci = int(np.clip(np.searchsorted(x, cx), 0, w - 1))
@@ -326,7 +325,6 @@ def render_oct(
             rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
             inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
             cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
-        del cols
         refl = np.where(cysts, np.float32(0.012), refl)
         # hyperreflective foci (lipid exudates) in the outer plexiform layer
         for _ in range(int(rng.integers(0, 6))):
