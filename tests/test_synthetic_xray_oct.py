@@ -135,6 +135,24 @@ def test_drr_user_ct_nifti_and_metatensor(tmp_path):
     np.testing.assert_allclose(project_drr(mt, output_shape=(96, 96)), expected, atol=1e-4)
 
 
+def test_drr_of_ct_loaded_by_the_bundles_reader(tmp_path):
+    transforms = pytest.importorskip("common.transforms")
+    if not hasattr(transforms, "LoadCTd"):
+        pytest.skip("common.transforms.LoadCTd not available in this checkout")
+    nib = pytest.importorskip("nibabel")
+    hu, affine = _box_phantom()
+    stored = hu[::-1, ::-1, :].astype(np.int16)  # LPS-like storage, as DICOM converters write it
+    aff = affine.copy()
+    aff[0, 0], aff[1, 1] = -2.0, -2.0
+    aff[:3, 3] = affine[:3, 3] + [79 * 2.0, 59 * 2.0, 0.0]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(stored, aff), str(path))
+    loaded = transforms.LoadCTd(keys="image")({"image": str(path)})["image"]
+    np.testing.assert_allclose(
+        project_drr(loaded, output_shape=(96, 96)), project_drr(hu, affine, output_shape=(96, 96)), atol=1e-4
+    )
+
+
 def test_project_label_lung_fields():
     hu, affine = _box_phantom()
     label = np.zeros(hu.shape, dtype=np.uint8)
