@@ -36,15 +36,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from common.synthetic._io import (
-    deep_update,
-    load_config,
-    merge_checked,
-    parallel_map,
-    save_gray_jpeg,
-    save_mask_png,
-    write_dataset_yaml,
-)
+from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
+from common.synthetic.config import load_config, merge_config, write_dataset_yaml
 from common.synthetic.drr import (
     MU_WATER_PER_MM,
     DetectorGeometry,
@@ -156,7 +149,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: A
     sigma = np.broadcast_to(np.asarray(sigma_vox, dtype=np.float64), (len(shape),))
     if np.all(sigma >= 2.5) and min(shape) >= 8:
         small_shape = tuple(-(-n // 2) for n in shape)
-        small = ndimage.gaussian_filter(rng.standard_normal(small_shape, dtype=np.float32), sigma / 2, mode="wrap")
+        small = ndimage.gaussian_filter(
+            rng.standard_normal(small_shape, dtype=np.float32), sigma / 2, mode="wrap"
+        )
         # nearest-neighbour doubling plus a short blur: 5x cheaper than spline zooming, just as smooth
         field = small.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: shape[0], : shape[1], : shape[2]]
         field = ndimage.gaussian_filter(field, 0.7, mode="wrap", truncate=2.5)
@@ -450,7 +445,7 @@ def render_cxr(
     """
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
-    cfg = merge_checked(DEFAULT_RENDER, config, "render config")
+    cfg = merge_config(DEFAULT_RENDER, config, source="render config")
     pose_rng, lesion_rng, noise_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=3))
     drawn_index = int(pose_rng.integers(int(cfg["pool_size"])))
     if phantom is None:
@@ -609,7 +604,7 @@ def generate_pneumonia_cxr(
     from common.io.atomic import atomic_write_text
 
     cfg = load_config(DEFAULT_CONFIG, config)
-    render_cfg = merge_checked(
+    render_cfg = merge_config(
         DEFAULT_RENDER,
         cfg["render"],
         f"{config if isinstance(config, (str, os.PathLike)) else 'config'}: render",
@@ -649,7 +644,7 @@ def generate_pneumonia_cxr(
     writer.writerows(rows)
     atomic_write_text(out / "metadata.csv", buf.getvalue())
     write_dataset_yaml(
-        out / "dataset.yaml",
+        out,
         {
             "name": "synthetic_chest_xray2017",
             "layout": "Kermany ChestXRay2017: chest_xray/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg; "
@@ -706,7 +701,7 @@ def benchmark_xray(
     _POOL.clear()
     cpu_start = _cpu()
     start = time.perf_counter()
-    render_cfg = deep_update(DEFAULT_RENDER, {})
+    render_cfg = merge_config(DEFAULT_RENDER, None)
     for k in range(int(render_cfg["pool_size"])):
         _get_base(True, k, render_cfg)
     pool_seconds = time.perf_counter() - start

@@ -31,14 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from common.synthetic._io import (
-    load_config,
-    merge_checked,
-    parallel_map,
-    save_gray_jpeg,
-    save_mask_png,
-    write_dataset_yaml,
-)
+from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
+from common.synthetic.config import load_config, merge_config, write_dataset_yaml
 
 __all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
 
@@ -156,7 +150,7 @@ def render_oct(
     """
     if label not in CLASSES:
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
-    cfg = merge_checked(DEFAULT_CONFIG["render"], config, "render config")
+    cfg = merge_config(DEFAULT_CONFIG["render"], config, source="render config")
     h, w = (int(s) for s in size)
     width_mm = _u(rng, cfg["scan_width_mm"])
     depth_um = _u(rng, cfg["depth_um"])
@@ -440,7 +434,7 @@ def generate_oct(
     for split, cls, _, _ in jobs:
         counts_out[split][cls] += 1
     write_dataset_yaml(
-        out / "dataset.yaml",
+        out,
         {
             "name": "synthetic_oct2017",
             "layout": "Kermany OCT2017: OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg",
