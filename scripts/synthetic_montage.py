@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import fire
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RED = (255, 60, 60)
 CYAN = (60, 200, 255)
