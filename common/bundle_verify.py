@@ -394,48 +394,43 @@ def check_model_card(readme: Path) -> list[str]:
     return [f"{readme}: model card lacks the sections {missing}"] if missing else []
 
 
-def _is_phi_safe_handler(cls: Any, filter_cls: type) -> bool:
-    """Whether instances of the handler class carry the PHI filter (built without touching any file)."""
-    import io
-    import os
-
-    if not (isinstance(cls, type) and issubclass(cls, logging.Handler)):
-        return False
-    try:
-        if issubclass(cls, logging.FileHandler):
-            instance = cls(os.devnull, delay=True)
-        elif issubclass(cls, logging.StreamHandler):
-            instance = cls(io.StringIO())
-        else:
-            instance = cls()
-    except Exception:
-        return False
-    try:
-        return any(isinstance(f, filter_cls) for f in instance.filters)
-    finally:
-        instance.close()
-
-
 def check_logging_conf(path: Path) -> list[str]:
-    """``logging.conf`` parses and every handler filters patient identifiers (``common.logging_utils``)."""
-    from pydoc import locate
+    """``logging.conf`` is a fileConfig file that ``monai.bundle run --logging_file`` accepts.
 
-    from common.logging_utils import PHIFilter
-
-    parser = configparser.ConfigParser(interpolation=None)
+    MONAI 1.6 only applies logging files whose handler/formatter classes come from ``logging`` or
+    ``logging.handlers``; patient identifiers are removed by ``import common`` (see
+    ``common.logging_utils``), which :func:`check_phi_redaction` checks the configs trigger.
+    """
+    parser = configparser.RawConfigParser()
     try:
-        parser.read(path)
+        parser.read(path, encoding="utf-8")
         handlers = [h.strip() for h in parser["handlers"]["keys"].split(",") if h.strip()]
+        root_handlers = parser["logger_root"].get("handlers", "")
     except Exception as e:
         return [f"{path}: not a logging fileConfig file ({type(e).__name__}: {e})"]
     problems = []
-    for handler in handlers:
-        section = f"handler_{handler}"
-        cls_name = parser[section].get("class", "") if section in parser else ""
-        if not _is_phi_safe_handler(locate(cls_name) if cls_name else None, PHIFilter):
+    if not handlers or not root_handlers.strip():
+        problems.append(f"{path}: no handler on the root logger; copy common/resources/logging.conf")
+    try:
+        from monai.bundle.workflows import _reject_executable_logging_config
+    except ImportError:  # an older MONAI without the check
+        return problems
+    try:
+        _reject_executable_logging_config(str(path))
+    except ValueError as e:
+        problems.append(f"{path}: monai.bundle run would refuse it: {e}")
+    return problems
+
+
+def check_phi_redaction(configs_dir: Path) -> list[str]:
+    """The train and inference configs import ``common``, which switches on PHI redaction in logs."""
+    problems = []
+    for name in ("train.yaml", "inference.yaml"):
+        path = configs_dir / name
+        if path.is_file() and not re.search(r"\bcommon\.|import common\b", path.read_text(encoding="utf-8")):
             problems.append(
-                f"{path}: handler {handler!r} ({cls_name or 'no class'}) does not filter patient identifiers; "
-                "use common.logging_utils.PHISafeStreamHandler / PHISafeFileHandler (copy common/resources/logging.conf)"
+                f"{path}: never imports `common`, so patient identifiers are not redacted from logs; add "
+                "`$import common` to `imports`"
             )
     return problems
 
@@ -484,6 +479,7 @@ def verify_bundle(path: str | Path, check_network: bool = True) -> list[str]:
             problems.append(str(e))
     if (configs / "logging.conf").is_file():
         problems += check_logging_conf(configs / "logging.conf")
+    problems += check_phi_redaction(configs)
     if (root / "docs" / "README.md").is_file():
         problems += check_model_card(root / "docs" / "README.md")
     if check_network and (configs / "metadata.json").is_file() and (configs / "export_onnx.yaml").is_file():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -13,7 +15,8 @@ from pydicom.data import get_testdata_file
 from common import logging_utils
 from common.logging_utils import REDACTED, PHIFilter, PHISafeFileHandler, PHISafeStreamHandler, redact
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "common" / "resources" / "logging.conf"
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "common" / "resources" / "logging.conf"
 
 
 def _read(name: str) -> pydicom.Dataset:
@@ -30,17 +33,36 @@ def ct():
 def _clean_logging():
     logging_utils.forget_identifiers()
     root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
+    saved_level, saved_handlers = root.level, list(root.handlers)
     yield
     for handler in list(root.handlers):
-        if handler not in saved[1]:
+        if handler not in saved_handlers:
             root.removeHandler(handler)
             handler.close()
-    root.setLevel(saved[0])
-    for handler in saved[1]:
+    for handler in saved_handlers:
         if handler not in root.handlers:
             root.addHandler(handler)
+    root.setLevel(saved_level)
     logging_utils.forget_identifiers()
+
+
+@pytest.fixture
+def handlers_only():
+    """Switch off the process-wide redaction that `import common` installs, to test a handler alone."""
+    factory = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(logging.LogRecord)
+    yield
+    logging.setLogRecordFactory(factory)
+
+
+def _apply_logging_file(path: Path) -> None:
+    """What `python -m monai.bundle run --logging_file` does with a bundle's logging.conf."""
+    try:
+        from monai.bundle.workflows import _apply_logging_file as apply
+    except ImportError:  # an older MONAI applies it with fileConfig directly
+        logging.config.fileConfig(path, disable_existing_loggers=False)
+    else:
+        apply(str(path))
 
 
 def _identifiers(ds: pydicom.Dataset) -> list[str]:
@@ -50,10 +72,9 @@ def _identifiers(ds: pydicom.Dataset) -> list[str]:
     return values
 
 
-def test_file_config_template_redacts_dataset_and_formatted_text(ct, capsys):
-    logging.config.fileConfig(TEMPLATE, disable_existing_loggers=False)
-    root_handlers = logging.getLogger().handlers
-    assert any(isinstance(h, PHISafeStreamHandler) for h in root_handlers)
+def test_logging_conf_template_redacts_dataset_and_formatted_text(ct, capsys):
+    _apply_logging_file(TEMPLATE)  # MONAI accepts the template (standard handler classes only)
+    assert logging.getLogger().handlers
     log = logging.getLogger("bundle.test")
     identifiers = _identifiers(ct)
     assert "CompressedSamples^CT1" in identifiers and "ABCD1234" in identifiers
@@ -81,7 +102,7 @@ def test_file_config_template_redacts_dataset_and_formatted_text(ct, capsys):
     ("filename", "keyword"),
     [("liver.dcm", "AccessionNumber"), ("MR2_J2KI.dcm", "PatientBirthDate"), ("rtplan.dcm", "PatientName")],
 )
-def test_other_identifiers_of_real_files(filename, keyword, capsys):
+def test_phi_safe_handler_alone_redacts_real_files(filename, keyword, capsys, handlers_only):
     ds = _read(filename)
     value = str(ds.get(keyword))
     assert value
@@ -95,13 +116,14 @@ def test_other_identifiers_of_real_files(filename, keyword, capsys):
     finally:
         log.removeHandler(handler)
     err = capsys.readouterr().err
+    assert "read " in err and "value was" in err
     assert value not in err
     if keyword == "PatientName":  # Last^First^mid^pre: no component survives either
         for part in value.split("^"):
             assert part not in err
 
 
-def test_exception_text_is_redacted(ct, tmp_path):
+def test_exception_text_is_redacted(ct, tmp_path, handlers_only):
     log_file = tmp_path / "run.log"
     handler = PHISafeFileHandler(str(log_file))
     log = logging.getLogger("bundle.exc")
@@ -131,3 +153,27 @@ def test_redact_patterns():
     assert redact("accession_number: 998877 done") == f"accession_number: {REDACTED}"
     assert redact("(0010,0030) Patient's Birth Date                DA: '19700101'").endswith(REDACTED)
     assert redact("nothing to see") == "nothing to see"
+
+
+def test_import_common_switches_redaction_on_for_every_logger():
+    """A fresh process: any logger, any handler (here logging.basicConfig's), once `common` is imported."""
+    code = "\n".join(
+        [
+            "import logging, sys",
+            "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s')",
+            "import pydicom",
+            "from pydicom.data import get_testdata_file",
+            "ds = pydicom.dcmread(get_testdata_file('CT_small.dcm'), stop_before_pixels=True)",
+            "logging.getLogger('before').info('before import: %s', ds.PatientID)",
+            "import common",
+            "logging.getLogger('ignite.engine').info('dataset %s', ds)",
+            "logging.getLogger('x.y').warning('id again %s', ds.PatientID)",
+        ]
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "before import: 1CT1"  # the identifiers are real and visible when nothing redacts
+    rest = "\n".join(lines[1:])
+    assert "Patient ID" in rest and "id again" in rest
+    assert "1CT1" not in rest and "CompressedSamples" not in rest and "ABCD1234" not in rest
