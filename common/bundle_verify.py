@@ -168,6 +168,60 @@ def check_config_file(path: Path) -> list[str]:
     return problems
 
 
+def _bound_by_import(code: str) -> set[str]:
+    """Names a config ``$import`` binds, the way MONAI's ConfigExpression binds them.
+
+    MONAI binds ``import a.b`` to the name ``"a.b"`` (not ``a``), ``import a.b as c`` to ``c`` and
+    ``from a import b`` to ``b``.
+    """
+    names: set[str] = set()
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return names
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and node.names:
+            alias = node.names[0]  # MONAI ignores further aliases of one statement
+            names.add(alias.asname or alias.name)
+    return names
+
+
+def _free_names(code: str) -> set[str]:
+    """Names an expression reads that it does not bind itself (comprehension variables, lambda arguments)."""
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        return set()
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return loaded - bound
+
+
+def check_expression_names(config: Any, name: str) -> list[str]:
+    """Every global name an expression uses is a builtin, one of MONAI's default globals or imported."""
+    import builtins
+
+    from monai.bundle.config_parser import ConfigParser
+
+    strings = [(i, v) for i, v in _walk(config) if isinstance(v, str) and v.startswith("$")]
+    imported = set().union(*(_bound_by_import(v[1:]) for _, v in strings if v[1:].lstrip().startswith(("import ", "from "))))
+    known = imported | set(dir(builtins)) | set(getattr(ConfigParser, "suffixes", ())) | {"monai", "torch", "np", "numpy", "_ref"}
+    problems = []
+    for item_id, value in strings:
+        code = _REF.sub("_ref", value[1:]).strip()
+        if code.startswith(("import ", "from ")):
+            continue
+        for missing in sorted(_free_names(code) - known):
+            dotted = sorted(n for n in imported if n.startswith(missing + "."))
+            hint = f" (MONAI binds `import {dotted[0]}` to the name {dotted[0]!r}: add `$import {missing}`)" if dotted else ""
+            problems.append(f"{name}: {item_id}: expression uses {missing!r}, which no `$import` defines{hint}")
+    return problems
+
+
 def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     """The merged configs resolve: macros expand, every ``@id`` reference exists, every ``_target_`` imports.
 
@@ -184,7 +238,7 @@ def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
         parser.parse(reset=True)
     except Exception as e:
         return [f"{configs_dir}: {name}: does not resolve ({type(e).__name__}: {e})"]
-    problems = []
+    problems = [f"{configs_dir}: {p}" for p in check_expression_names(parser.get(), name)]
     refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
     for ref in sorted(refs):
         if ref not in parser:

@@ -58,7 +58,7 @@ def test_train_evaluate_infer_export_onnx_infer(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "train.yaml"),
          "--bundle_root", str(bundle), "--dataset_dir", str(data), "--logging_file", str(configs / "logging.conf"),
-         "--max_epochs", "4", "--learning_rate", "0.01"],
+         "--max_epochs", "4", "--val_interval", "2", "--learning_rate", "0.01"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
