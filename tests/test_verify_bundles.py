@@ -173,3 +173,12 @@ def test_cli_lists_failures_and_exits_non_zero(bundle):
     assert f"ok   {good}" in proc.stdout
     assert f"FAIL {bundle}" in proc.stdout and "LICENSE: required file missing" in proc.stdout
     assert "1 of 2 bundles failed verification" in proc.stderr
+
+
+def test_expression_name_without_import(bundle):
+    def edit(config):
+        config["imports"] = ["$import os", "$import common.bundle_utils"]
+
+    _edit_yaml(bundle / "configs" / "train.yaml", edit)
+    problem = _one(verify_bundle(bundle, check_network=False), "train.yaml", "network", "'common'")
+    assert "add `$import common`" in problem
