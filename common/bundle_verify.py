@@ -222,6 +222,18 @@ def check_expression_names(config: Any, name: str) -> list[str]:
     return problems
 
 
+def check_onnx_handlers(parser: Any, name: str) -> list[str]:
+    """With ``network`` run by ONNX Runtime, no handler may load a PyTorch checkpoint into it."""
+    network = parser.get("network")
+    if not (isinstance(network, Mapping) and str(network.get("_target_", "")).endswith("OnnxRuntimeNetwork")):
+        return []
+    handlers = parser.get("handlers") or []
+    loaders = [h.get("_target_") for h in handlers if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", ""))]
+    if loaders:
+        return [f"{name}: `handlers` still has {loaders[0]}, which cannot load weights into OnnxRuntimeNetwork; override `handlers` without it"]
+    return []
+
+
 def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     """The merged configs resolve: macros expand, every ``@id`` reference exists, every ``_target_`` imports.
 
@@ -239,6 +251,7 @@ def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     except Exception as e:
         return [f"{configs_dir}: {name}: does not resolve ({type(e).__name__}: {e})"]
     problems = [f"{configs_dir}: {p}" for p in check_expression_names(parser.get(), name)]
+    problems += [f"{configs_dir}: {p}" for p in check_onnx_handlers(parser, name)]
     refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
     for ref in sorted(refs):
         if ref not in parser:
