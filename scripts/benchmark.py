@@ -1,10 +1,15 @@
 """Speed and memory figures of the zoo on this machine, gathered into one JSON and a markdown table.
 
     python scripts/benchmark.py [TARGET ...] [--out docs/benchmarks.json] [--markdown docs/benchmarks.md]
+                                [--data_root demo_output/data] [--training true] [--train_iterations 8]
 
 Targets (default: all): synthetic_ct, synthetic_xray, lung_ct_segmentation, lung_nodule_ct_detection,
 retina_oct_classification, pediatric_cxr_pneumonia_classification, cxr_ehr_oxygen_risk.
-Each target is a function returning a dict of figures; failures are recorded, not fatal.
+Each target is a function returning a dict of figures (inference latency and throughput, PyTorch vs ONNX
+Runtime, peak memory); failures are recorded, not fatal. For every bundle the training speed of its own
+train.yaml pipeline (data loading, augmentation, forward, backward, step) is measured too, in a child
+process, on the synthetic set `make demo` wrote under --data_root (generated there with the demo's
+settings when missing). Targets not run keep their figures from the previous JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -21,7 +27,8 @@ from pathlib import Path
 import fire
 
 # run as a file (`python scripts/...`): make this checkout's `common` importable first
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 # target -> ("module:function", keyword arguments)
 TARGETS: dict[str, tuple[str, dict]] = {
@@ -65,34 +72,174 @@ def describe_machine() -> dict:
     }
 
 
+def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: int = 2) -> dict:
+    """Training iterations/s of ``bundle``'s own train.yaml pipeline (``common.demo.training_speed``), in a
+    child process so that its peak memory is its own, on the demo's synthetic set (made when missing)."""
+    from common.demo import DEMOS
+
+    demo = DEMOS[bundle]
+    data = Path(data_root).resolve() / demo.task
+    generated_s = None
+    if not (data / "dataset.yaml").is_file():
+        import yaml
+
+        config = data.parent / f"_{demo.task}_demo_config.yaml"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), demo.task, "--out", str(data),
+                        "--config", str(config), "--seed", "0"], check=True, cwd=REPO, env=_child_env(threads),
+                       stdout=subprocess.DEVNULL)
+        generated_s = round(time.perf_counter() - start, 1)
+    code = (
+        "import json; from common.demo import training_speed; "
+        f"print('RESULT ' + json.dumps(training_speed({bundle!r}, {str(data)!r}, iterations={int(iterations)}, "
+        f"overrides={ {k: v for k, v in demo.train.items() if k not in ('max_epochs', 'val_interval')}!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_child_env(threads), capture_output=True,
+                          text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            figures = json.loads(line[len("RESULT "):])
+            figures["data"] = f"make demo's synthetic {demo.task} set" + (f" (generated in {generated_s} s)" if generated_s else "")
+            return figures
+    raise RuntimeError(f"training benchmark of {bundle} failed:\n{proc.stderr[-3000:]}")
+
+
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    flat = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+        flat[prefix[:-1]] = tree
+    return flat
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def summarise(figures: dict) -> dict:
+    """The key columns of one bundle target: latency and throughput per backend, training speed, peak memory.
+
+    Bundles report inference in one of two shapes: end to end per scan (``{"pytorch": {"seconds_per_scan"},
+    "onnxruntime": {...}}``, the CT bundles) or per network call and batch size (``{"inference":
+    {"batch_<n>": {"pytorch_ms", "onnxruntime_ms", "pytorch_per_s", "onnxruntime_per_s"}}}``).
+    """
+    row = {"latency_pytorch": "-", "latency_onnxruntime": "-", "throughput_pytorch": "-",
+           "throughput_onnxruntime": "-", "train": "-", "peak_inference_mib": "-", "peak_train_mib": "-"}
+    flat = _flatten({k: v for k, v in figures.items() if k != "training"})
+    per_scan = {b: figures.get(b, {}).get("seconds_per_scan") for b in ("pytorch", "onnxruntime")
+                if isinstance(figures.get(b), dict)}
+    if any(v is not None for v in per_scan.values()):
+        for backend, sec in per_scan.items():
+            if sec:
+                row[f"latency_{backend}"] = f"{sec:.3g} s/scan"
+                row[f"throughput_{backend}"] = f"{60.0 / sec:.3g} scans/min"
+    elif isinstance(figures.get("inference"), dict):
+        batches = sorted((int(k.split("_")[-1]), v) for k, v in figures["inference"].items()
+                         if k.startswith("batch_") and isinstance(v, dict))
+        if batches:
+            (b1, small), (bn, large) = batches[0], batches[-1]
+            for backend in ("pytorch", "onnxruntime"):
+                if small.get(f"{backend}_ms") is not None:
+                    row[f"latency_{backend}"] = f"{small[f'{backend}_ms']:.3g} ms (batch {b1})"
+                if large.get(f"{backend}_per_s") is not None:
+                    row[f"throughput_{backend}"] = f"{large[f'{backend}_per_s']:.4g}/s (batch {bn})"
+    peaks = [v for k, v in flat.items() if "peak_rss" in k and isinstance(v, (int, float))]
+    if peaks:
+        row["peak_inference_mib"] = f"{max(peaks):.0f}"
+    training = figures.get("training")
+    if isinstance(training, dict) and "iterations_per_s" in training:
+        cpu = training.get("cpu_seconds_per_iteration")
+        row["train"] = (f"{training['iterations_per_s']:.3g} it/s (batch {training.get('batch_size')}"
+                        + (f"; {cpu:.3g} CPU s/it)" if cpu is not None else ")"))
+        row["peak_train_mib"] = f"{training['peak_rss_mib']:.0f}"
+    elif isinstance(training, dict) and "error" in training:
+        row["train"] = "failed"
+    return row
+
+
 def _markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Benchmarks",
         "",
         f"Measured by `python scripts/benchmark.py` on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"torch {m['torch']}, MONAI {m['monai']}, ONNX Runtime {m['onnxruntime']}.",
-        "",
-        "| target | figure | value |",
-        "|---|---|---|",
+        f"torch {m['torch']} ({m['torch_threads']} threads), MONAI {m['monai']}, ONNX Runtime {m['onnxruntime']}, "
+        f"Python {m['python']}.",
     ]
+    if m.get("load_average"):
+        lines.append(f"Load average when the run started: {m['load_average']} (the machine is shared; "
+                     "figures from a busy machine are slower than an idle one).")
+    lines += [
+        "",
+        "Inference latency: CT bundles end to end per scan (read, preprocess, network, post-process, write); the "
+        "2D bundles per network call. Training: the bundle's own `train.yaml` pipeline (data loading, "
+        "augmentation, forward, backward, optimiser step) on the synthetic set of `make demo`. Peak memory: "
+        "resident set size of the process (MiB).",
+        "",
+        "| bundle | latency PyTorch | latency ONNX Runtime | throughput PyTorch | throughput ONNX Runtime "
+        "| training | peak memory inference / training (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    other = {}
     for target, figures in report["targets"].items():
-        for key, value in figures.items():
-            if isinstance(value, float):
-                value = f"{value:.4g}"
-            elif isinstance(value, (dict, list)):
-                value = json.dumps(value)
-            lines.append(f"| {target} | {key} | {value} |")
-    return "\n".join(lines) + "\n"
+        if target.startswith("synthetic_"):
+            other[target] = figures
+            continue
+        if "error" in figures and len(figures) <= 2:
+            lines.append(f"| {target} | failed: {figures['error'][:120]} | | | | | |")
+            continue
+        r = summarise(figures)
+        lines.append(f"| {target} | {r['latency_pytorch']} | {r['latency_onnxruntime']} | {r['throughput_pytorch']} "
+                     f"| {r['throughput_onnxruntime']} | {r['train']} | {r['peak_inference_mib']} / {r['peak_train_mib']} |")
+    if other:
+        lines += ["", "## Synthetic data generators", "", "| target | figure | value |", "|---|---|---|"]
+        for target, figures in other.items():
+            for key, value in _flatten(figures).items():
+                lines.append(f"| {target} | {key} | {_fmt(value)} |")
+    lines += ["", "## All figures", ""]
+    for target, figures in report["targets"].items():
+        if target in other:
+            continue
+        lines += [f"### {target}", "", "| figure | value |", "|---|---|"]
+        for key, value in _flatten(figures).items():
+            value = json.dumps(value) if isinstance(value, list) else _fmt(value)
+            lines.append(f"| {key} | {value} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def main(*targets: str, out: str = "docs/benchmarks.json", markdown: str = "docs/benchmarks.md") -> dict:
+def main(
+    *targets: str,
+    out: str = "docs/benchmarks.json",
+    markdown: str = "docs/benchmarks.md",
+    data_root: str = "demo_output/data",
+    training: bool = True,
+    train_iterations: int = 8,
+) -> dict:
     """Run the benchmark targets and write the JSON and markdown reports.
 
     Args:
         targets: names from ``TARGETS``; all when none is given.
         out: JSON report path.
         markdown: markdown table path.
+        data_root: folder of the demo's synthetic sets (``<data_root>/<task>``) for the training figures.
+        training: also measure each bundle's training speed.
+        train_iterations: timed training iterations per bundle.
 
     Returns:
         the report.
@@ -104,7 +251,9 @@ def main(*targets: str, out: str = "docs/benchmarks.json", markdown: str = "docs
     if unknown:
         raise SystemExit(f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}")
     previous = json.loads(Path(out).read_text())["targets"] if Path(out).exists() else {}
-    report = {"machine": describe_machine(), "targets": dict(previous)}
+    machine = describe_machine()
+    machine["load_average"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    report = {"machine": machine, "targets": dict(previous)}
     for name in chosen:
         module_name, kwargs = TARGETS[name]
         mod, func = module_name.split(":")
@@ -115,11 +264,19 @@ def main(*targets: str, out: str = "docs/benchmarks.json", markdown: str = "docs
         except Exception as e:  # a failing target is recorded so the others still run
             traceback.print_exc()
             figures = {"error": f"{type(e).__name__}: {e}"}
+        if training and not name.startswith("synthetic_"):
+            print(f"[benchmark] {name}: training speed ...", flush=True)
+            try:
+                figures["training"] = measure_training(name, data_root, train_iterations)
+            except Exception as e:
+                traceback.print_exc()
+                figures["training"] = {"error": f"{type(e).__name__}: {str(e)[-500:]}"}
         figures["benchmark_seconds"] = round(time.perf_counter() - start, 1)
         report["targets"][name] = figures
         print(json.dumps({name: figures}, indent=2, default=str), flush=True)
-    atomic_write_json(out, report)
-    atomic_write_text(markdown, _markdown(report))
+        # written after every target, so an interrupted run keeps what finished
+        atomic_write_json(out, report)
+        atomic_write_text(markdown, _markdown(report))
     return report
 
 

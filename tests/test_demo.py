@@ -222,3 +222,45 @@ def test_subprocess_runner_logs_and_counts_cpu_time(tmp_path):
     assert "burnt" in (tmp_path / "logs" / "b.burn.log").read_text()
     stamp = json.loads((tmp_path / "b" / ".steps" / "burn.json").read_text())
     assert stamp["cpu_seconds"] >= 0.25
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_markdown_has_one_row_per_bundle():
+    bench = _load_script("benchmark")
+    report = {
+        "machine": {"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "python": "3.11", "torch": "2.13",
+                    "torch_threads": 2, "monai": "1.6.1", "onnxruntime": "1.2", "load_average": "1.0, 1.0, 1.0"},
+        "targets": {
+            "synthetic_ct": {"seconds_per_scan": 4.2},
+            "lung_ct_segmentation": {
+                "pytorch": {"seconds_per_scan": 12.0, "peak_rss_mib": 1500.0},
+                "onnxruntime": {"seconds_per_scan": 8.0, "peak_rss_mib": 1300.0},
+                "training": {"iterations_per_s": 0.5, "batch_size": 2, "cpu_seconds_per_iteration": 3.9,
+                             "peak_rss_mib": 2100.0},
+            },
+            "cxr_ehr_oxygen_risk": {
+                "inference": {"batch_1": {"pytorch_ms": 5.0, "onnxruntime_ms": 2.0, "pytorch_per_s": 200.0,
+                                          "onnxruntime_per_s": 500.0},
+                              "batch_16": {"pytorch_ms": 40.0, "onnxruntime_ms": 20.0, "pytorch_per_s": 400.0,
+                                           "onnxruntime_per_s": 800.0}},
+                "peak_rss_mib": 600.0,
+                "training": {"error": "RuntimeError: no data"},
+            },
+            "lung_nodule_ct_detection": {"error": "ImportError: x", "benchmark_seconds": 0.1},
+        },
+    }
+    md = bench._markdown(report)
+    assert "Test CPU, 2 cores" in md and "Load average" in md
+    assert ("| lung_ct_segmentation | 12 s/scan | 8 s/scan | 5 scans/min | 7.5 scans/min "
+            "| 0.5 it/s (batch 2; 3.9 CPU s/it) | 1500 / 2100 |") in md
+    assert ("| cxr_ehr_oxygen_risk | 5 ms (batch 1) | 2 ms (batch 1) | 400/s (batch 16) | 800/s (batch 16) "
+            "| failed | 600 / - |") in md
+    assert "| lung_nodule_ct_detection | failed: ImportError: x |" in md
+    assert "| synthetic_ct | seconds_per_scan | 4.2 |" in md
+    assert "| training.cpu_seconds_per_iteration | 3.9 |" in md
