@@ -200,6 +200,7 @@ class Step:
         optional: a failing optional step is reported but does not fail the bundle.
         skip_reason: when set, the step is not run and this is shown instead.
         fingerprint: settings the command does not show (e.g. a config file's content); a change reruns it.
+        clean: folders removed before the command runs, so no stale file of an earlier run survives.
     """
 
     bundle: str
@@ -210,6 +211,7 @@ class Step:
     optional: bool = False
     skip_reason: str = ""
     fingerprint: str = ""
+    clean: Sequence[str] = ()
 
 
 @dataclass
@@ -302,6 +304,8 @@ def run_bundle(
                 stamp.unlink(missing_ok=True)
                 start, cpu_start = time.perf_counter(), _children_cpu()
                 try:
+                    for folder in step.clean:
+                        shutil.rmtree(folder, ignore_errors=True)
                     if step.prepare is not None:
                         step.prepare()
                     code = runner(step.argv, log, env)
@@ -440,14 +444,15 @@ def bundle_steps(
         Step(b, "data",
              [python, "scripts/make_synthetic.py", demo.task, "--out", str(data), "--config", str(gen_config),
               "--seed", "0"],
-             [str(data / "dataset.yaml")], prepare=write_gen_config, fingerprint=json.dumps(demo.synthetic, sort_keys=True)),
+             [str(data / "dataset.yaml")], prepare=write_gen_config, fingerprint=json.dumps(demo.synthetic, sort_keys=True),
+             clean=[str(data)]),
         Step(b, "train",
              _bundle_run(["train.yaml"], b, {**paths, "output_dir": str(work / "train"), **demo.train}, python),
-             [str(models / "model.pt")]),
+             [str(models / "model.pt")], clean=[str(models), str(work / "train")]),
         Step(b, "evaluate",
              _bundle_run(["train.yaml", "evaluate.yaml"], b,
                          {**paths, "output_dir": str(work / "eval"), **demo.train, **demo.evaluate}, python),
-             [str(work / "eval" / demo.metric.report)]),
+             [str(work / "eval" / demo.metric.report)], clean=[str(work / "eval")]),
         Step(b, "export",
              [python, "scripts/export_onnx.py", "--bundle", f"bundles/{b}", "--checkpoint", str(models / "model.pt"),
               "--output", str(models / "model.onnx"), "--report", str(work / "export_report.json")],
@@ -457,7 +462,8 @@ def bundle_steps(
                          {"dataset_dir": str(data / demo.heldout), "output_dir": str(work / "onnx_inference"),
                           demo.onnx_id: str(models / "model.onnx"), **heldout_csv, **demo.inference}, python),
              [str(work / "onnx_inference" / p) for p in demo.inference_outputs],
-             prepare=(lambda: split_csv(data / "encounters.csv", demo.heldout_csv_split)) if heldout_csv else None),
+             prepare=(lambda: split_csv(data / "encounters.csv", demo.heldout_csv_split)) if heldout_csv else None,
+             clean=[str(work / "onnx_inference")]),
     ]
     if demo.explain:
         inputs = work / "explain_inputs"
@@ -470,6 +476,7 @@ def bundle_steps(
             prepare=lambda: _copy_some([f for d in demo.explain for f in _first_files(data / d, EXPLAIN_PER_FOLDER)],
                                        inputs),
             optional=True,
+            clean=[str(work / "explain")],
         ))
     if b == PNEUMONIA:
         shipped = REPO / "bundles" / b / "models" / "model.pt"
@@ -491,6 +498,7 @@ def bundle_steps(
             optional=True,
             skip_reason="" if shipped.is_file() else f"no shipped weights at bundles/{b}/models/model.pt",
             fingerprint=f"inputs={'real' if real else 'synthetic'} weights={_file_signature(shipped)}",
+            clean=[str(work / "real_weights")],
         ))
     return steps
 

@@ -264,3 +264,18 @@ def test_benchmark_markdown_has_one_row_per_bundle():
     assert "| lung_nodule_ct_detection | failed: ImportError: x |" in md
     assert "| synthetic_ct | seconds_per_scan | 4.2 |" in md
     assert "| training.cpu_seconds_per_iteration | 3.9 |" in md
+
+
+def test_stale_outputs_are_removed_before_a_step_reruns(tmp_path):
+    stale = tmp_path / "b1" / "models" / "model_from_an_old_run.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    steps = _steps(tmp_path)
+    steps[1].clean = [str(stale.parent)]
+    d.run_bundle(steps, tmp_path, runner=FakeRunner())
+    assert not stale.exists()
+    # a reused step cleans nothing
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("old")
+    assert [r.status for r in d.run_bundle(steps, tmp_path, runner=FakeRunner())] == ["cached"] * 3
+    assert stale.exists()
