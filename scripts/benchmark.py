@@ -88,7 +88,7 @@ def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: 
         config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), demo.task, "--out", str(data),
-                        "--config", str(config), "--seed", "0"], check=True, cwd=REPO, env=_child_env(threads),
+                        "--config", str(config), "--seed", str(demo.seed)], check=True, cwd=REPO, env=_child_env(threads),
                        stdout=subprocess.DEVNULL)
         generated_s = round(time.perf_counter() - start, 1)
     code = (
