@@ -200,10 +200,9 @@ def _markdown(report: dict) -> str:
         if target.startswith("synthetic_"):
             other[target] = figures
             continue
-        if "error" in figures and len(figures) <= 2:
-            lines.append(f"| {target} | failed: {figures['error'][:120]} | | | | | |")
-            continue
         r = summarise(figures)
+        if "error" in figures:
+            r["latency_pytorch"] = f"failed: {figures['error'][:120]}"
         lines.append(f"| {target} | {r['latency_pytorch']} | {r['latency_onnxruntime']} | {r['throughput_pytorch']} "
                      f"| {r['throughput_onnxruntime']} | {r['train']} | {r['peak_inference_mib']} / {r['peak_train_mib']} |")
     if other:
