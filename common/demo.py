@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -336,11 +337,29 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure)\b:?")
+
+
 def _last_error_line(log: Path) -> str:
-    """The most telling line of a failed command's log: the last exception line, else the last line."""
+    """The most telling line of a failed command's log: the root cause of the last traceback (the first
+    exception of a chain, e.g. the InputDataError behind MONAI's "Failed to evaluate"), else a line saying
+    FAILED, else the last line."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    tracebacks = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        # a chained traceback prints the root cause first; walk back to where the chain starts
+        start = tracebacks[-1]
+        for i in reversed(tracebacks[:-1]):
+            between = lines[i:start]
+            if any("direct cause" in ln or "During handling" in ln for ln in between):
+                start = i
+            else:
+                break
+        for line in lines[start:]:
+            if _EXCEPTION_LINE.match(line):
+                return line[:300]
     for line in reversed(lines):
-        if "Error" in line or "FAILED" in line or "Exception" in line:
+        if "FAILED" in line:
             return line[:300]
     return lines[-1][:300] if lines else ""
 
@@ -466,32 +485,32 @@ def bundle_steps(
              clean=[str(work / "onnx_inference")]),
     ]
     if demo.explain:
-        inputs = work / "explain_inputs"
+        explain_inputs = work / "explain_inputs"
         steps.append(Step(
             b, "explain",
             _bundle_run(["inference.yaml", "explain.yaml"], b,
-                        {"dataset_dir": str(inputs), "output_dir": str(work / "explain"),
+                        {"dataset_dir": str(explain_inputs), "output_dir": str(work / "explain"),
                          demo.checkpoint_id: str(models / "model.pt"), **demo.inference}, python),
             [str(work / "explain" / "explain" / "*.png")],
             prepare=lambda: _copy_some([f for d in demo.explain for f in _first_files(data / d, EXPLAIN_PER_FOLDER)],
-                                       inputs),
+                                       explain_inputs),
             optional=True,
             clean=[str(work / "explain")],
         ))
     if b == PNEUMONIA:
         shipped = REPO / "bundles" / b / "models" / "model.pt"
         real = real_cxr_dir is not None and Path(real_cxr_dir).is_dir()
-        inputs = work / "real_weights_inputs"
+        real_inputs = work / "real_weights_inputs"
 
         def copy_inputs() -> None:
             sources = real_cxr_sample(Path(real_cxr_dir)) if real else _first_files(data / demo.heldout, 10**6)
-            _copy_some(sources, inputs)
+            _copy_some(sources, real_inputs)
             (work / "real_weights_source.txt").write_text("real" if real else "synthetic")
 
         steps.append(Step(
             b, "real_weights",
             _bundle_run(["inference.yaml"], b,
-                        {"dataset_dir": str(inputs), "output_dir": str(work / "real_weights"),
+                        {"dataset_dir": str(real_inputs), "output_dir": str(work / "real_weights"),
                          demo.checkpoint_id: str(shipped), **demo.inference}, python),
             [str(work / "real_weights" / "predictions.csv")],
             prepare=copy_inputs,

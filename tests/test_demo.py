@@ -279,3 +279,43 @@ def test_stale_outputs_are_removed_before_a_step_reruns(tmp_path):
     stale.write_text("old")
     assert [r.status for r in d.run_bundle(steps, tmp_path, runner=FakeRunner())] == ["cached"] * 3
     assert stale.exists()
+
+
+def test_explain_and_real_weight_inputs_are_copied_where_their_runs_read(tmp_path):
+    demo = d.DEMOS[d.PNEUMONIA]
+    test_dir = tmp_path / "data" / demo.task / "chest_xray" / "test"
+    for name in ("NORMAL/IM-0001-0001.jpeg", "PNEUMONIA/person1_bacteria_1.jpeg", "PNEUMONIA/person2_virus_2.jpeg"):
+        (test_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (test_dir / name).write_bytes(b"jpeg")
+    real = tmp_path / "real"
+    for name in ("NORMAL/IM-0002-0001.jpeg", "PNEUMONIA/person9_bacteria_1.jpeg", "PNEUMONIA/person9_virus_2.jpeg"):
+        (real / name).parent.mkdir(parents=True, exist_ok=True)
+        (real / name).write_bytes(b"jpeg")
+    steps = {s.name: s for s in d.bundle_steps(demo, tmp_path, "python", real_cxr_dir=real)}
+    explain = steps["explain"]
+    explain.prepare()
+    folder = explain.argv[explain.argv.index("--dataset_dir") + 1]
+    assert sorted(p.name for p in Path(folder).rglob("*.jpeg")) == ["person1_bacteria_1.jpeg"]
+    rw = steps["real_weights"]
+    rw.prepare()
+    folder = Path(rw.argv[rw.argv.index("--dataset_dir") + 1])
+    assert sorted(p.name for p in folder.rglob("*.jpeg")) == [
+        "IM-0002-0001.jpeg", "person9_bacteria_1.jpeg", "person9_virus_2.jpeg"]
+    assert (tmp_path / demo.bundle / "real_weights_source.txt").read_text() == "real"
+    assert rw.argv[rw.argv.index("--checkpoint") + 1].endswith(f"bundles/{demo.bundle}/models/model.pt")
+
+
+def test_error_line_is_the_root_cause_of_a_chained_traceback(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text(
+        "2026 - INFO - starting\n"
+        "Traceback (most recent call last):\n  File a.py\n"
+        "common.errors.InputDataError: /data/x.jpeg: input file or folder not found\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n  File b.py\n"
+        "RuntimeError: Failed to evaluate ConfigExpression:\n"
+        '"$common.data.kermany.image_files(...)"\n'
+    )
+    assert d._last_error_line(log) == "common.errors.InputDataError: /data/x.jpeg: input file or folder not found"
+    log.write_text("ok\nPARITY CHECK FAILED: pred max_abs_err=0.1\n")
+    assert d._last_error_line(log).startswith("PARITY CHECK FAILED")
