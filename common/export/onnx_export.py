@@ -362,7 +362,7 @@ def export_network(
 
 
 def _import_object(dotted: str) -> Any:
-    from monai.utils import locate
+    from pydoc import locate
 
     obj = locate(dotted)
     if obj is None:
