@@ -65,7 +65,7 @@ class Measurement:
 
     ``g(x) ~ Normal(intercept + b_sev * z + b_age * a + b_male * male + site_offset, sd)`` where
     ``a = (age - 60) / 15`` and ``g`` is ``log`` (right-skewed labs), the identity, or
-    ``log(101 - x)`` (SpO2, so saturation never exceeds 100 and falls faster as severity grows).
+    ``log(100.5 - x)`` (SpO2, so saturation never exceeds 100 and falls faster as severity grows).
     The value is rounded to ``decimals``. It is observed (ordered / recorded) with probability
     ``sigmoid(obs_logit + obs_sev * z + obs_age * a + site_obs_shift)``: ``obs_sev > 0`` means sicker
     patients get the test more often (missing not at random), ``obs_age`` makes it depend on an
@@ -84,7 +84,7 @@ class Measurement:
     obs_logit: float
     obs_sev: float = 0.0
     obs_age: float = 0.0
-    corrupt_value: str = "9999"  # what a data-entry error writes: "9999" sentinel or "fahrenheit"
+    corrupt_value: str = "-1"  # what a data-entry error writes: a sentinel ("-1", "9999") or "fahrenheit"
 
     def g(self, x: np.ndarray) -> np.ndarray:
         """The transform to the Gaussian scale (monotone; -inf/+inf at the edges of its domain)."""
@@ -92,14 +92,14 @@ class Measurement:
             if self.transform == "log":
                 return np.log(np.maximum(x, 0.0))
             if self.transform == "spo2":
-                return np.log(np.maximum(101.0 - x, 0.0))
+                return np.log(np.maximum(100.5 - x, 0.0))
             return np.asarray(x, dtype=np.float64)
 
     def g_inv(self, t: np.ndarray) -> np.ndarray:
         if self.transform == "log":
             return np.exp(t)
         if self.transform == "spo2":
-            return 101.0 - np.exp(t)
+            return 100.5 - np.exp(t)
         return t
 
     @property
@@ -110,12 +110,12 @@ class Measurement:
 # The measurement model (EXAM used about 20 EHR features of the same kind). Coefficients are per unit of
 # latent severity z (prior sd about 1); sd is the measurement spread on the transformed scale.
 MEASUREMENTS: tuple[Measurement, ...] = (
-    Measurement("spo2", "%", "spo2", np.log(2.5), 0.42, 0.05, 0.0, 0.35, 0, 3.5),
-    Measurement("resp_rate", "/min", "log", np.log(17.0), 0.10, 0.0, 0.0, 0.12, 0, 3.2),
-    Measurement("heart_rate", "/min", "log", np.log(86.0), 0.06, -0.03, 0.0, 0.13, 0, 3.5),
+    Measurement("spo2", "%", "spo2", np.log(2.0), 0.45, 0.05, 0.0, 0.35, 0, 3.5, corrupt_value="9999"),
+    Measurement("resp_rate", "/min", "log", np.log(17.0), 0.10, 0.0, 0.0, 0.12, 0, 3.2, corrupt_value="9999"),
+    Measurement("heart_rate", "/min", "log", np.log(86.0), 0.06, -0.03, 0.0, 0.13, 0, 3.5, corrupt_value="9999"),
     Measurement("temperature", "degC", "identity", 37.4, 0.25, -0.1, 0.0, 0.6, 1, 3.0, corrupt_value="fahrenheit"),
-    Measurement("systolic_bp", "mmHg", "identity", 131.0, -3.5, 6.0, 3.0, 17.0, 0, 3.2),
-    Measurement("crp", "mg/L", "log", np.log(35.0), 0.55, 0.05, 0.1, 0.85, 1, 1.8, 0.5, 0.2),
+    Measurement("systolic_bp", "mmHg", "identity", 131.0, -3.5, 6.0, 3.0, 17.0, 0, 3.2, corrupt_value="9999"),
+    Measurement("crp", "mg/L", "log", np.log(35.0), 0.5, 0.05, 0.1, 0.7, 1, 1.8, 0.5, 0.2),
     Measurement("d_dimer", "ng/mL FEU", "log", np.log(650.0), 0.35, 0.3, 0.0, 0.75, 0, 0.2, 0.6, 0.3),
     Measurement("ldh", "U/L", "log", np.log(270.0), 0.22, 0.0, 0.05, 0.28, 0, 0.9, 0.5, 0.1),
     Measurement("wbc", "10^9/L", "log", np.log(7.0), 0.08, 0.0, 0.05, 0.35, 1, 2.6, 0.3, 0.2),
@@ -249,13 +249,14 @@ def _sample_site(rng: np.random.Generator, site: dict, cfg: dict) -> dict[str, A
                 opacity=opacity, y24=y24, y72=y72)
 
 
-def _render_image(rng: np.random.Generator, opacity: float, site: dict, size: int) -> np.ndarray:
+def _render_image(rng: np.random.Generator, opacity: float, site: dict, size: int, render: dict) -> np.ndarray:
     """A frontal CXR with interstitial / ground-glass opacity of extent ``opacity``, site's scanner look."""
     from common.synthetic.cxr import render_cxr
 
-    out = render_cxr(rng, size=size, pediatric=False, pattern="interstitial", severity=float(opacity))
-    x = np.asarray(out["image"], dtype=np.float64)
-    x = (x - x.min()) / max(x.max() - x.min(), 1e-6) if x.max() > 1.0 or x.min() < 0.0 else x
+    out = render_cxr(rng, size=size, pediatric=False, pattern="interstitial", severity=float(opacity),
+                     config=render or None)
+    raw = np.asarray(out["image"])
+    x = raw.astype(np.float64) / (np.iinfo(raw.dtype).max if raw.dtype.kind in "ui" else 1.0)
     scanner = site["scanner"]
     # detector / processing differences between hospitals: contrast, brightness, gamma, noise
     x = np.clip(scanner["contrast"] * (x - 0.5) + 0.5 + scanner["brightness"], 0.0, 1.0) ** scanner["gamma"]
@@ -276,7 +277,7 @@ def _format_cell(v: float, decimals: int) -> str:
 def _corrupt_cell(m: Measurement, v: float) -> str:
     if m.corrupt_value == "fahrenheit":  # entered in the wrong unit
         return f"{v * 9 / 5 + 32:.1f}"
-    return "9999"
+    return m.corrupt_value
 
 
 # --------------------------------------------------------------------------- Bayes-optimal posterior
@@ -320,7 +321,7 @@ def posterior_outcomes(
             term = np.where(obs[:, None], log_expit(logit), log_expit(-logit))
             term[unavailable] = 0.0
             logp += term
-            # value term on the interval the rounded value stands for (entry errors: no information)
+            # value term on the interval the rounded value stands for (entry errors: no information; they are sentinels or wrong units, outside any plausible range)
             val = obs & ~data["corrupted"][:, j]
             if not val.any():
                 continue
@@ -405,7 +406,7 @@ def generate_oxygen_risk(out_dir: str | os.PathLike, config: str | os.PathLike |
 
     size = int(cfg["image_size"])
     for image_rel, opacity, si, s in tqdm(image_jobs, desc="oxygen_risk images", disable=not cfg.get("progress", True)):
-        img = _render_image(np.random.default_rng(s), opacity, sites[si], size)
+        img = _render_image(np.random.default_rng(s), opacity, sites[si], size, cfg.get("render", {}))
         atomic_write_bytes(out / image_rel, _png_bytes(img))
 
     data = {k: np.concatenate([p[k] for p in parts]) for k in
