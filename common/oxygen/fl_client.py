@@ -16,6 +16,7 @@ Images and EHR rows never leave the site; only weights do.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -32,11 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle_root", required=True, help="the cxr_ehr_oxygen_risk bundle folder")
     p.add_argument("--dataset_dir", required=True, help="the site's data folder")
-    p.add_argument("--csv_name", default="encounters.csv", help="the site's encounter CSV inside dataset_dir")
+    p.add_argument("--csv_name", default="encounters_{site}.csv",
+                   help="the site's encounter CSV inside dataset_dir; {site} is replaced by the site name")
     p.add_argument("--work_dir", required=True, help="where the site's checkpoints and logs go")
     p.add_argument("--local_epochs", type=int, default=1)
     p.add_argument("--exclude_vars", default="", help="regex of weight names kept local (never sent)")
-    p.add_argument("--overrides", default="{}", help="JSON dict of train.yaml overrides, e.g. image_size")
+    p.add_argument("--overrides_b64", default="", help="train.yaml overrides: base64 of a JSON dict")
     return p.parse_args(argv)
 
 
@@ -61,10 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     site_dir = Path(args.work_dir) / site
-    overrides = json.loads(args.overrides)
+    overrides = json.loads(base64.urlsafe_b64decode(args.overrides_b64)) if args.overrides_b64 else {}
     overrides.update({
         "dataset_dir": os.path.abspath(args.dataset_dir),
-        "csv_name": args.csv_name,
+        "csv_name": args.csv_name.format(site=site),
         "ckpt_dir": str(site_dir / "models"),
         "output_dir": str(site_dir / "eval"),
         "log_dir": str(site_dir / "logs"),
@@ -91,9 +93,12 @@ def main(argv: list[str] | None = None) -> None:
         local = algo.get_weights()
         shared = split_shared(local.weights, args.exclude_vars)
         n_iter = int(local.statistics.get(FlStatistics.NUM_EXECUTED_ITERATIONS, 1))
-        metrics = {k: float(v) for k, v in (algo.trainer.state.metrics or {}).items()
-                   if isinstance(v, (int, float))}
-        flare.send(FLModel(params={k: v.cpu().numpy() for k, v in shared.items()}, metrics=metrics,
+        # the local validation metrics of the bundle's evaluator (val_auc), for NVFlare's model selection
+        evaluator = getattr(algo.train_workflow, "evaluator", None)
+        metrics = {k: float(v) for k, v in (getattr(evaluator, "state", None) and evaluator.state.metrics or {}).items()
+                   if isinstance(v, (int, float)) and np.isfinite(v)}
+        # torch tensors: the Client API converts them to the exchange format (NumPy) itself
+        flare.send(FLModel(params={k: v.detach().cpu() for k, v in shared.items()}, metrics=metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": n_iter}))
         rounds += 1
     # the site's last local model (with its own copy of any excluded weights), for personalised use
