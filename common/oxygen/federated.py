@@ -73,7 +73,6 @@ def build_recipe(
     Returns:
         the recipe (``recipe.run(SimEnv(...))``, ``recipe.export(job_dir)``).
     """
-    import base64
     import json
 
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -87,8 +86,7 @@ def build_recipe(
         "--work_dir", str(Path(work_dir).resolve()),
         "--local_epochs", str(int(local_epochs)),
         *(["--exclude_vars", exclude_vars] if exclude_vars else []),
-        # base64: NVFlare splits the argument string without honouring quotes
-        "--overrides_b64", base64.urlsafe_b64encode(json.dumps(overrides).encode()).decode(),
+        *[w for k, v in overrides.items() for w in ("--override", f"{k}={json.dumps(v, separators=(',', ':'))}")],
     ]
     # NVFlare splits the argument string on whitespace without honouring quotes
     bad = [w for w in words if not w or any(c.isspace() for c in w)]

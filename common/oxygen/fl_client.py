@@ -16,7 +16,6 @@ Images and EHR rows never leave the site; only weights do.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work_dir", required=True, help="where the site's checkpoints and logs go")
     p.add_argument("--local_epochs", type=int, default=1)
     p.add_argument("--exclude_vars", default="", help="regex of weight names kept local (never sent)")
-    p.add_argument("--overrides_b64", default="", help="train.yaml overrides: base64 of a JSON dict")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                   help="a train.yaml override, e.g. image_size=96 (repeatable; the value is JSON)")
     return p.parse_args(argv)
 
 
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     site_dir = Path(args.work_dir) / site
-    overrides = json.loads(base64.urlsafe_b64decode(args.overrides_b64)) if args.overrides_b64 else {}
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
     overrides.update({
         "dataset_dir": os.path.abspath(args.dataset_dir),
         "csv_name": args.csv_name.format(site=site),
