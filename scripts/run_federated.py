@@ -40,6 +40,7 @@ def main(
     no_single_site: bool = False,
     no_central: bool = False,
     n_boot: int = 500,
+    export_job: str | None = None,
 ) -> str:
     """Run the comparison and write ``OUT/federated_report.json``.
 
@@ -58,9 +59,11 @@ def main(
         no_single_site: skip the single-site models.
         no_central: skip the central model.
         n_boot: bootstrap resamples for the confidence intervals.
+        export_job: only export the NVFlare job folder (for a real deployment: the sites read their
+            paths from O2_BUNDLE_ROOT / O2_DATASET_DIR / O2_WORK_DIR) to this folder and stop.
 
     Returns:
-        the report path.
+        the report path (or the exported job folder).
     """
     from common.oxygen.experiment import run_experiment
     from common.oxygen.federated import SHARE_PRESETS
@@ -71,6 +74,14 @@ def main(
             raise SystemExit(f"--share must be one of {', '.join(SHARE_PRESETS)}")
         exclude_vars = SHARE_PRESETS[share]
     overrides = {"image_size": int(image_size)} if image_size else {}
+    if export_job:
+        from common.oxygen.federated import build_recipe
+
+        recipe = build_recipe(None, None, None, n_sites, rounds, local_epochs, csv_template="encounters.csv",
+                              exclude_vars=exclude_vars, overrides=overrides)
+        recipe.export(export_job)
+        print(f"NVFlare job exported to {export_job}")
+        return export_job
     report = run_experiment(
         bundle, out, dataset_dir=data, n_sites=n_sites, rounds=rounds, local_epochs=local_epochs,
         n_per_site=n_per_site, seed=seed, exclude_vars=exclude_vars, overrides=overrides,

@@ -97,3 +97,19 @@ def test_calibration_metrics(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError):
         brier_score([0, 1], [0.5, 1.5])
+
+
+def test_estimate_spec(tmp_path):
+    from common.oxygen.features import estimate_spec
+    from common.transforms.ehr import FeatureSpec
+
+    spec = _write(tmp_path / "spec.yaml", "features:\n"
+                  "  - {name: age, unit: years, min: 0, max: 120, default: 50, mean: 50, std: 10}\n"
+                  "  - {name: spo2, unit: '%', min: 50, max: 100, default: 97, mean: 97, std: 2}\n"
+                  "  - {name: crp, unit: mg/L, min: 0, max: 1000, default: 10, mean: 10, std: 5}\n")
+    rows = "".join(f"E{i},train,x.png,{60 + i % 5},{90 if i % 2 else 9999},,0,0\n" for i in range(40))
+    csv_path = _write(tmp_path / "enc.csv", "encounter_id,split,image,age,spo2,crp,o2_24h,o2_72h\n" + rows)
+    out = FeatureSpec.from_yaml(estimate_spec(csv_path, spec, tmp_path / "new.yaml"))
+    assert out["age"].mean == pytest.approx(62.0) and out["age"].default == 62.0
+    assert out["spo2"].mean == 90.0 and out["spo2"].std == 2.0  # 9999 ignored; zero spread keeps the old std
+    assert out["crp"].mean == 10.0  # never measured: unchanged

@@ -17,6 +17,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CLIENT_SCRIPT = Path(__file__).with_name("fl_client.py")
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cxr_ehr_oxygen_risk"
 # presets of weights kept local (never shared, never averaged), as regular expressions on state-dict keys
 SHARE_PRESETS = {
     "all": "",
@@ -45,9 +46,9 @@ def network_args(bundle_root: str | os.PathLike, overrides: dict | None = None) 
 
 
 def build_recipe(
-    bundle_root: str | os.PathLike,
-    dataset_dir: str | os.PathLike,
-    work_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike | None,
+    dataset_dir: str | os.PathLike | None,
+    work_dir: str | os.PathLike | None,
     n_clients: int,
     num_rounds: int,
     local_epochs: int = 1,
@@ -59,9 +60,11 @@ def build_recipe(
     """NVFlare ``FedAvgRecipe`` running the bundle's train config at every site.
 
     Args:
-        bundle_root: the bundle folder (each site has its own copy in a real deployment).
-        dataset_dir: each site's data folder (in the simulator one folder holds every site's CSV).
-        work_dir: where the sites write checkpoints and logs (``work_dir/<site>/``).
+        bundle_root: the bundle folder (used for the server's model too). None: each site's
+            ``$O2_BUNDLE_ROOT`` (the server then needs ``overrides``-free defaults of this checkout's bundle).
+        dataset_dir: each site's data folder (in the simulator one folder holds every site's CSV); None:
+            each site's ``$O2_DATASET_DIR`` (a real deployment: the path differs per hospital).
+        work_dir: where the sites write checkpoints and logs (``work_dir/<site>/``); None: ``$O2_WORK_DIR``.
         n_clients: sites that must take part in each round.
         num_rounds: FedAvg rounds.
         local_epochs: local epochs per round.
@@ -78,12 +81,11 @@ def build_recipe(
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 
     overrides = dict(overrides or {})
-    model_args = network_args(bundle_root, overrides)
+    model_args = network_args(bundle_root or DEFAULT_BUNDLE, overrides)
+    paths = {"--bundle_root": bundle_root, "--dataset_dir": dataset_dir, "--work_dir": work_dir}
     words = [
-        "--bundle_root", str(Path(bundle_root).resolve()),
-        "--dataset_dir", str(Path(dataset_dir).resolve()),
+        *[w for flag, p in paths.items() if p is not None for w in (flag, str(Path(p).resolve()))],
         "--csv_name", csv_template,
-        "--work_dir", str(Path(work_dir).resolve()),
         "--local_epochs", str(int(local_epochs)),
         *(["--exclude_vars", exclude_vars] if exclude_vars else []),
         *[w for k, v in overrides.items() for w in ("--override", f"{k}={json.dumps(v, separators=(',', ':'))}")],
@@ -93,12 +95,17 @@ def build_recipe(
     if bad:
         raise ValueError(f"paths and patterns passed to the NVFlare clients may not contain spaces: {bad}")
     train_args = " ".join(words)
+    # relative to the working directory when possible, so the exported job finds the script in its own
+    # custom/ folder at every site instead of at this machine's absolute path
+    script = CLIENT_SCRIPT.resolve()
+    if script.is_relative_to(Path.cwd()):
+        script = script.relative_to(Path.cwd())
     return FedAvgRecipe(
         name=name,
         model={"class_path": "common.oxygen.network.OxygenRiskNet", "args": model_args},
         min_clients=int(n_clients),
         num_rounds=int(num_rounds),
-        train_script=str(CLIENT_SCRIPT),
+        train_script=str(script),
         train_args=train_args,
         exclude_vars=exclude_vars or None,
         key_metric="val_auc",

@@ -30,16 +30,24 @@ logger = logging.getLogger("oxygen_fl_client")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle_root", required=True, help="the cxr_ehr_oxygen_risk bundle folder")
-    p.add_argument("--dataset_dir", required=True, help="the site's data folder")
+    # a real deployment sets these per hospital in the FL client's environment (docs/federated.md)
+    p.add_argument("--bundle_root", default=os.environ.get("O2_BUNDLE_ROOT"),
+                   help="the cxr_ehr_oxygen_risk bundle folder (default: $O2_BUNDLE_ROOT)")
+    p.add_argument("--dataset_dir", default=os.environ.get("O2_DATASET_DIR"),
+                   help="the site's data folder (default: $O2_DATASET_DIR)")
     p.add_argument("--csv_name", default="encounters_{site}.csv",
                    help="the site's encounter CSV inside dataset_dir; {site} is replaced by the site name")
-    p.add_argument("--work_dir", required=True, help="where the site's checkpoints and logs go")
+    p.add_argument("--work_dir", default=os.environ.get("O2_WORK_DIR"),
+                   help="where the site's checkpoints and logs go (default: $O2_WORK_DIR)")
     p.add_argument("--local_epochs", type=int, default=1)
     p.add_argument("--exclude_vars", default="", help="regex of weight names kept local (never sent)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="a train.yaml override, e.g. image_size=96 (repeatable; the value is JSON)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    missing = [n for n in ("bundle_root", "dataset_dir", "work_dir") if not getattr(args, n)]
+    if missing:
+        p.error(f"set --{', --'.join(missing)} or the O2_* environment variables of this site")
+    return args
 
 
 def split_shared(weights: dict, pattern: str) -> dict:
