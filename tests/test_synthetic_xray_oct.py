@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from scipy import ndimage
 
 from common.errors import InputDataError
 from common.synthetic import cxr as cxr_mod
@@ -136,6 +135,24 @@ def test_drr_user_ct_nifti_and_metatensor(tmp_path):
     np.testing.assert_allclose(project_drr(mt, output_shape=(96, 96)), expected, atol=1e-4)
 
 
+def test_drr_of_ct_loaded_by_the_bundles_reader(tmp_path):
+    transforms = pytest.importorskip("common.transforms")
+    if not hasattr(transforms, "LoadCTd"):
+        pytest.skip("common.transforms.LoadCTd not available in this checkout")
+    nib = pytest.importorskip("nibabel")
+    hu, affine = _box_phantom()
+    stored = hu[::-1, ::-1, :].astype(np.int16)  # LPS-like storage, as DICOM converters write it
+    aff = affine.copy()
+    aff[0, 0], aff[1, 1] = -2.0, -2.0
+    aff[:3, 3] = affine[:3, 3] + [79 * 2.0, 59 * 2.0, 0.0]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(stored, aff), str(path))
+    loaded = transforms.LoadCTd(keys="image")({"image": str(path)})["image"]
+    np.testing.assert_allclose(
+        project_drr(loaded, output_shape=(96, 96)), project_drr(hu, affine, output_shape=(96, 96)), atol=1e-4
+    )
+
+
 def test_project_label_lung_fields():
     hu, affine = _box_phantom()
     label = np.zeros(hu.shape, dtype=np.uint8)
@@ -158,24 +175,43 @@ def test_project_label_lung_fields():
 def phantom():
     from common.synthetic.ct_phantom import make_chest_phantom
 
-    return make_chest_phantom(np.random.default_rng(7), None)
+    cfg = {"in_plane_spacing_mm": 2.5, "slice_spacing_mm": [2.5, 2.5], "table": False}
+    return make_chest_phantom(np.random.default_rng(7), cfg, add_noise=False)
+
+
+def test_drr_of_phantom_brighter_where_bone_is(phantom):
+    shape = (128, 128)
+    # fixed window (brightness comparable between films), no scatter (which spreads bone's shadow)
+    detector = {"unsharp_amount": 0.0, "window": (0.0, 8.0), "scatter_fraction": 0.0}
+    image = project_drr(phantom.hu, phantom.affine, output_shape=shape, detector=detector)
+    dense_bone = project_label(phantom.bone_mask, phantom.affine, output_shape=shape, min_path_mm=10.0) > 0
+    any_bone = project_label(phantom.bone_mask, phantom.affine, output_shape=shape, min_path_mm=0.5) > 0
+    body = project_label(phantom.body_mask, phantom.affine, output_shape=shape, min_path_mm=20.0) > 0
+    lung = project_label(phantom.lung_label, phantom.affine, output_shape=shape) > 0
+    soft = body & ~any_bone & ~lung
+    assert dense_bone.sum() > 30 and soft.sum() > 100
+    assert image[dense_bone].mean() > image[soft].mean() + 0.1
+    # with the bones turned into soft tissue the film gets darker where, and only where, the bones were
+    soft_hu = np.where(phantom.bone_mask, np.float32(40.0), phantom.hu)
+    boneless = project_drr(soft_hu, phantom.affine, output_shape=shape, detector=detector)
+    diff = image - boneless
+    assert diff[dense_bone].mean() > 0.01  # > 0.08 in log units: 1 cm of bone
+    # rays that miss the bones do not change (up to interpolation at the mask edges)
+    assert np.abs(diff[body & ~any_bone]).mean() < 0.05 * diff[dense_bone].mean()
 
 
 def test_cxr_brighter_where_bone_is(phantom):
     kwargs = {"size": 128, "config": {**FAST, "gamma": [1.0, 1.0], "unsharp_amount": [0.0, 0.0]}}
     out = cxr_mod.render_cxr(np.random.default_rng(3), phantom=phantom, **kwargs)
-    image, bone, lung = out["image"].astype(float), out["bone_mask"] > 0, out["lung_mask"] > 0
-    # ribs over the lung fields are brighter than the lung between them (their surroundings)
-    ring = ndimage.binary_dilation(bone, iterations=3) & ~bone
-    assert (bone & lung).sum() > 20 and (ring & lung).sum() > 20
-    assert image[bone & lung].mean() > image[ring & lung].mean()
-    # the same film with the bones made soft tissue: darker exactly where the bones were
+    image, bone, body = out["image"].astype(float), out["bone_mask"] > 0, out["body_mask"] > 0
     soft_hu = np.where(phantom.bone_mask, np.float32(40.0), phantom.hu).astype(np.float32)
     fields = {k: getattr(phantom, k) for k in ("lung_label", "spacing", "affine", "bone_mask")}
-    boneless = SimpleNamespace(hu=soft_hu, **fields)
-    out2 = cxr_mod.render_cxr(np.random.default_rng(3), phantom=boneless, **kwargs)
+    out2 = cxr_mod.render_cxr(
+        np.random.default_rng(3), phantom=SimpleNamespace(hu=soft_hu, **fields), **kwargs
+    )
+    np.testing.assert_array_equal(out["bone_mask"], out2["bone_mask"])  # same pose
     diff = image - out2["image"].astype(float)
-    assert diff[bone].mean() > diff[~bone & (out["body_mask"] > 0)].mean() + 5.0
+    assert diff[bone].mean() > diff[body & ~bone].mean() + 5.0
 
 
 @pytest.mark.parametrize("pediatric", [True, False])
@@ -296,8 +332,8 @@ def test_pneumonia_layout_naming_masks_and_determinism(tmp_path):
     assert desc["counts"]["train"] == {"NORMAL": 4, "BACTERIAL": 6, "VIRAL": 4}
     assert desc["seed"] == 4
     assert sum(desc["patients"]["train"].values()) == len(patients["train"])
-    # the same seed gives identical bytes; another seed does not
-    again = cxr_mod.generate_pneumonia_cxr(tmp_path / "b", config=SMALL_CXR, seed=4)
+    # the same seed gives identical bytes (also when rendered by two processes); another seed does not
+    again = cxr_mod.generate_pneumonia_cxr(tmp_path / "b", config={**SMALL_CXR, "num_workers": 2}, seed=4)
     assert _digest(out) == _digest(again)
     other = cxr_mod.generate_pneumonia_cxr(tmp_path / "c", config=SMALL_CXR, seed=5)
     assert _digest(other) != _digest(out)
@@ -343,7 +379,8 @@ def test_oct_lesion_masks(label):
             normal_gap = np.median(b["Bruch"] - b["RPE_top"])
             assert (b["Bruch"] - b["RPE_top"])[cols].max() > normal_gap + 2
         if label == "DME":
-            assert np.all(rows <= b["ELM_top"][cols] + 1) or np.all(rows <= bruch)
+            # intraretinal cysts and sub-retinal fluid: all above the RPE
+            assert np.all(rows <= b["RPE_top"][cols] + 1)
 
 
 def test_oct_speckle_and_layers():
@@ -382,4 +419,20 @@ def test_oct_layout_naming_and_determinism(tmp_path):
     assert not split_patients["train"] & split_patients["test"]
     desc = yaml.safe_load((out / "dataset.yaml").read_text())
     assert desc["counts"]["test"] == dict.fromkeys(OCT_CLASSES, 2)
-    assert _digest(out) == _digest(generate_oct(tmp_path / "b", config=config, seed=1))
+    assert _digest(out) == _digest(generate_oct(tmp_path / "b", config={**config, "num_workers": 2}, seed=1))
+
+
+def test_montage_script_writes_small_png(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "synthetic_montage.py"
+    spec = importlib.util.spec_from_file_location("synthetic_montage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.main(out=str(tmp_path), datasets="oct", tile=96)
+    assert [Path(p).name for p in written] == ["synthetic_oct.png"]
+    with Image.open(written[0]) as im:
+        assert im.format == "PNG" and im.size[0] > 4 * 96
+    assert Path(written[0]).stat().st_size < 300_000
+    with pytest.raises(SystemExit):
+        module.main(out=str(tmp_path), datasets="mri")
