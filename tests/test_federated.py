@@ -8,6 +8,7 @@ sites, and every site trained with the bundle's own train.yaml on its own CSV on
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from common.bundle_utils import read_state_dict
 from common.oxygen.federated import SHARE_PRESETS, build_recipe, load_global_weights, run_simulation
 from common.synthetic.ehr_cohort import generate_oxygen_risk
 
-BUNDLE = "bundles/cxr_ehr_oxygen_risk"
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = str(REPO / "bundles" / "cxr_ehr_oxygen_risk")
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,38 @@ def test_excluded_weights_stay_local(simulation):
     assert not torch.allclose(local["site-1"]["head.weight"], local["site-2"]["head.weight"])
     # shared weights of the local model are the site's last local update, not the global average
     assert not torch.allclose(local["site-1"]["fusion.0.weight"], g["fusion.0.weight"])
+
+
+def test_exported_job_is_site_independent(tmp_path, monkeypatch):
+    """The job a real deployment submits names no local path: sites read theirs from O2_* variables."""
+    import json
+
+    monkeypatch.chdir(REPO)
+    recipe = build_recipe(None, None, None, n_clients=3, num_rounds=5, csv_template="encounters.csv",
+                          exclude_vars=SHARE_PRESETS["no_ehr"], overrides={"image_size": 96})
+    recipe.export(str(tmp_path / "job"))
+    client = json.loads(next((tmp_path / "job").rglob("config_fed_client.json")).read_text())
+    args = client["executors"][0]["executor"]["args"]
+    assert args["task_script_path"] == "common/oxygen/fl_client.py"
+    assert "--bundle_root" not in args["task_script_args"] and "--dataset_dir" not in args["task_script_args"]
+    assert "--override image_size=96" in args["task_script_args"]
+    assert next((tmp_path / "job").rglob("custom/common/oxygen/fl_client.py")).is_file()
+    server = json.loads(next((tmp_path / "job").rglob("config_fed_server.json")).read_text())
+    text = json.dumps(server)
+    assert "^ehr_encoder" in text  # the exclusion regex reaches the server's aggregation
+    assert "OxygenRiskNet" in text and '"n_ehr_features": 20' in text
+
+
+def test_client_requires_site_paths(monkeypatch):
+    from common.oxygen import fl_client
+
+    for name in ("O2_BUNDLE_ROOT", "O2_DATASET_DIR", "O2_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        fl_client.parse_args(["--local_epochs", "1"])
+    monkeypatch.setenv("O2_BUNDLE_ROOT", "/b")
+    monkeypatch.setenv("O2_DATASET_DIR", "/d")
+    monkeypatch.setenv("O2_WORK_DIR", "/w")
+    args = fl_client.parse_args(["--override", "image_size=96"])
+    assert (args.bundle_root, args.dataset_dir, args.work_dir, args.override) == ("/b", "/d", "/w", ["image_size=96"])
+    assert fl_client.split_shared({"head.w": 1, "fusion.w": 2}, r"^head\.") == {"fusion.w": 2}
