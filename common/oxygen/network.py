@@ -3,7 +3,8 @@
 Image branch: a MONAI ResNet (EXAM used ResNet-34; the default here is a narrower 4-stage ResNet sized
 for CPU, ``image_layers=[3, 4, 6, 3]`` and ``image_channels=[64, 128, 256, 512]`` gives ResNet-34).
 EHR branch: a deep-and-cross network (Wang et al., 2017) on the normalised, imputed EHR values
-concatenated with their missing-value indicators. The two embeddings are fused by an MLP.
+concatenated with their missing-value indicators. The two embeddings are fused by an MLP; a linear
+"wide" path from the EHR vector to the outputs (Wide & Deep, Cheng et al., 2016) carries the main effects.
 
 Output: ``(B, 2 * n_levels)`` logits of the cumulative probabilities ``P(level >= k)`` for the 24 h
 horizon (first ``n_levels``) then the 72 h horizon, k = 1..n_levels (1 any oxygen, 2 high flow or more,
@@ -106,6 +107,8 @@ class OxygenRiskNet(nn.Module):
         fusion_hidden: width of the fusion MLP.
         dropout: dropout in the EHR branch and the fusion MLP.
         modality_dropout: probability, per training sample, of hiding one branch.
+        ehr_clip: normalised EHR values are clipped to [-ehr_clip, ehr_clip] (a CRP of 700 mg/L is 8 standard
+            deviations out; the cross layers multiply features, so one extreme lab would dominate).
 
     Inputs:
         image: ``(B, in_channels, H, W)`` in [0, 1]; ehr: ``(B, 2F)``.
@@ -128,6 +131,7 @@ class OxygenRiskNet(nn.Module):
         fusion_hidden: int = 64,
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
+        ehr_clip: float = 5.0,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -136,6 +140,7 @@ class OxygenRiskNet(nn.Module):
         self.n_ehr_features = int(n_ehr_features)
         self.n_levels = int(n_levels)
         self.modality_dropout = float(modality_dropout)
+        self.ehr_clip = float(ehr_clip)
         self.image_encoder = ResNet(
             block="basic", layers=list(image_layers), block_inplanes=list(image_channels), spatial_dims=2,
             n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2, feed_forward=False,
@@ -147,6 +152,10 @@ class OxygenRiskNet(nn.Module):
             nn.Linear(fusion_hidden, fusion_hidden), nn.ReLU(),
         )
         self.head = nn.Linear(fusion_hidden, 2 * self.n_levels)
+        # "wide" path (Wide & Deep): a linear map of the EHR vector straight to the outputs, which learns the
+        # main effects as fast as a logistic regression while the deep branches learn the rest
+        self.wide = nn.Linear(2 * self.n_ehr_features, 2 * self.n_levels, bias=False)
+        nn.init.zeros_(self.wide.weight)
         # start from plausible risks (about 40% any oxygen, each level about 3x rarer than the one below)
         # instead of 50% for every level, so early epochs are not spent undoing the prior
         with torch.no_grad():
@@ -173,6 +182,8 @@ class OxygenRiskNet(nn.Module):
     def forward(self, image: torch.Tensor, ehr: torch.Tensor) -> torch.Tensor:
         img_ok, ehr_ok = self.availability(image, ehr)
         img_emb = self.image_encoder(image) * img_ok
+        n = self.n_ehr_features
+        ehr = torch.cat([ehr[:, :n].clamp(-self.ehr_clip, self.ehr_clip), ehr[:, n:]], dim=1)
         ehr_emb = self.ehr_encoder(ehr) * ehr_ok
         fused = self.fusion(torch.cat([img_emb, ehr_emb, img_ok, ehr_ok], dim=1))
-        return ordinal_logits(self.head(fused), self.n_levels)
+        return ordinal_logits(self.head(fused) + self.wide(ehr) * ehr_ok, self.n_levels)
