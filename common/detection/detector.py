@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
 from monai.apps.detection.utils.anchor_utils import AnchorGenerator
+from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
 from monai.apps.detection.utils.detector_utils import check_training_targets, preprocess_images
 from monai.apps.detection.utils.predict_utils import ensure_dict_value_to_list_, predict_with_inferer
 from monai.data.box_utils import batched_nms, clip_boxes_to_image

@@ -18,9 +18,8 @@ and keeps the malignancy probabilities of the boxes that survive NMS.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from monai.apps.detection.networks.retinanet_network import (
