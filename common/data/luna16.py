@@ -50,7 +50,8 @@ __all__ = [
 
 REQUIRED_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 _VOLUME_SUFFIXES = (".mhd", ".nii.gz", ".nii")
-_SKIP_FOLDERS = ("seg-lungs-LUNA16", "seg-lungs")
+# lung and nodule masks share the scans' series UIDs and file types: never take them for scans
+_SKIP_FOLDERS = ("seg-lungs-LUNA16", "seg-lungs", "nodule_masks")
 
 
 def _series_uid(path: Path) -> str | None:
@@ -187,6 +188,52 @@ def _split(
     ]
 
 
+def read_split_file(root: str | os.PathLike) -> dict[str, list[str]] | None:
+    """Series UIDs per split from ``root/dataset.yaml`` (written by ``scripts/make_synthetic.py nodules``):
+    ``{"training": [...], "validation": [...], "test": [...]}``, or None when there is no such file/section."""
+    path = Path(root) / "dataset.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        splits = (yaml.safe_load(path.read_text()) or {}).get("splits")
+    except (OSError, yaml.YAMLError) as err:
+        raise InputDataError(path, f"cannot read the split lists ({err})") from None
+    if not isinstance(splits, dict):
+        return None
+    names = {
+        "train": "training",
+        "training": "training",
+        "val": "validation",
+        "validation": "validation",
+        "test": "test",
+    }
+    return {names[k]: [str(u) for u in v or []] for k, v in splits.items() if k in names}
+
+
+def _splits(
+    entries: list[dict[str, Any]],
+    root: str | os.PathLike,
+    val_fraction: float,
+    seed: int,
+    val_subsets: Sequence[str] | None,
+    use_split_file: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    fixed = read_split_file(root) if use_split_file and not val_subsets else None
+    if fixed:
+        by_uid = {e["seriesuid"]: e for e in entries}
+        out = {name: [by_uid[u] for u in uids if u in by_uid] for name, uids in fixed.items()}
+        listed = {u for uids in fixed.values() for u in uids}
+        unlisted = [e for e in entries if e["seriesuid"] not in listed]
+        if unlisted:
+            logger.warning("%d scans are in no split of dataset.yaml; they go to training", len(unlisted))
+            out.setdefault("training", []).extend(unlisted)
+        return out
+    train, val = _split(entries, val_fraction, seed, val_subsets)
+    return {"training": train, "validation": val}
+
+
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -195,6 +242,7 @@ def prepare(
     max_diameter_mm: float = 30.0,
     annotations: str | None = None,
     val_subsets: Sequence[str] | str | None = None,
+    use_split_file: bool = True,
 ) -> Path:
     """Write the detection datalist JSON for a LUNA16-layout folder.
 
@@ -206,6 +254,8 @@ def prepare(
         max_diameter_mm: larger nodules are masses: ``ignore_box``, neither training target nor false positive.
         annotations: CSV path (default ``root/annotations.csv``).
         val_subsets: folder names (e.g. ``subset9``) whose scans form ``validation`` instead of a random split.
+        use_split_file: when ``root/dataset.yaml`` lists ``splits`` (train/val/test series UIDs, as the
+            synthetic generator writes), use them (``training``, ``validation``, ``test``).
 
     Returns:
         the datalist path.
@@ -213,15 +263,14 @@ def prepare(
     if isinstance(val_subsets, str):
         val_subsets = [s.strip() for s in val_subsets.split(",") if s.strip()]
     entries = build_datalist(root, annotations, max_diameter_mm=max_diameter_mm)
-    train, val = _split(entries, val_fraction, seed, val_subsets)
+    splits = _splits(entries, root, val_fraction, seed, val_subsets, use_split_file)
     datalist = {
         "description": "LUNA16-layout detection datalist; boxes are world mm (LPS), mode cccwhd",
         "root": str(Path(root).resolve()),
         "max_diameter_mm": max_diameter_mm,
-        "training": train,
-        "validation": val,
+        **splits,
     }
-    logger.info("%d training and %d validation scans", len(train), len(val))
+    logger.info("scans per split: %s", {k: len(v) for k, v in splits.items()})
     return atomic_write_json(out, datalist)
 
 
@@ -238,7 +287,8 @@ def load_datalist(
     Args:
         dataset_dir: the LUNA16-layout folder; relative image paths are resolved against it.
         datalist: a datalist JSON written by ``prepare``; empty or None builds it from ``dataset_dir``
-            (``val_fraction``, ``seed`` and ``max_diameter_mm`` then apply).
+            (the splits of ``dataset_dir/dataset.yaml`` when it has them, else a random split by
+            ``val_fraction`` and ``seed``; ``max_diameter_mm`` applies).
         split: ``training``, ``validation``, ``all`` (both) or any other key of the JSON (e.g. ``test``).
     """
     import json

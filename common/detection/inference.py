@@ -98,7 +98,11 @@ def list_inputs(path: str | os.PathLike) -> list[dict[str, str]]:
         return [{"image": str(path)}]
     found: list[dict[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.startswith("seg-lungs"))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and not d.startswith("seg-lungs") and d != "nodule_masks"
+        )
         folder = Path(dirpath)
         if folder != path and _dicom_files(folder):
             found.append({"image": str(folder)})

@@ -78,7 +78,9 @@ def make_nodule_phantom(
     lung_centres = [np.array([-0.45 * half[0], 0.0, 0.0]), np.array([0.45 * half[0], 0.0, 0.0])]
     lungs = np.zeros(shape, bool)
     for c in lung_centres:
-        lungs |= ((x - c[0]) / lung_axes[0]) ** 2 + ((y - c[1]) / lung_axes[1]) ** 2 + ((z - c[2]) / lung_axes[2]) ** 2 <= 1
+        lungs |= ((x - c[0]) / lung_axes[0]) ** 2 + ((y - c[1]) / lung_axes[1]) ** 2 + (
+            (z - c[2]) / lung_axes[2]
+        ) ** 2 <= 1
     hu[lungs] = -850.0
     if origin_lps is None:
         origin_lps = tuple(-h + s / 2 for h, s in zip(half, spacing))
@@ -137,8 +139,12 @@ def write_luna16_phantoms(
         phantom = make_nodule_phantom(rng, num_nodules=count, **phantom_kwargs)
         write_mhd(out / "subset0" / f"{uid}.mhd", phantom.hu, phantom.spacing, phantom.origin_lps)
         for centre, d, rating in phantom.nodules:
-            rows.append([uid, *[f"{v:.4f}" for v in centre], f"{d:.4f}"] + ([str(rating)] if with_malignancy else []))
-    header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"] + (["malignancy"] if with_malignancy else [])
+            rows.append(
+                [uid, *[f"{v:.4f}" for v in centre], f"{d:.4f}"] + ([str(rating)] if with_malignancy else [])
+            )
+    header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"] + (
+        ["malignancy"] if with_malignancy else []
+    )
     with atomic_path(out / "annotations.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
