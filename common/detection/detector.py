@@ -162,6 +162,19 @@ class NoduleDetector(RetinaNetDetector):
             matched_idxs.append(matched)
         return matched_idxs
 
+    def compute_box_loss(
+        self,
+        box_regression: Tensor,
+        targets: list[dict[str, Tensor]],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> Tensor:
+        """MONAI's box-regression loss; without any matched anchor (e.g. patches without nodules) a zero
+        that still depends on the regression head, so DDP's gradient all-reduce sees every parameter."""
+        if all(int((m >= 0).sum()) == 0 for m in matched_idxs):
+            return box_regression.sum() * 0.0
+        return super().compute_box_loss(box_regression, targets, anchors, matched_idxs)
+
     def compute_malignancy_loss(
         self, malignancy_logits: Tensor, targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]
     ) -> Tensor:

@@ -193,6 +193,17 @@ def evaluate_records(
     return report, curves
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (e.g. CPM without any nodule) -> None, so the report is valid JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def plot_froc(curves: dict[str, FROCResult], path: str | os.PathLike, title: str = "FROC") -> Path:
     """Write a PNG of the FROC curves (log FP axis, the seven CPM operating points marked)."""
     import matplotlib
@@ -265,7 +276,7 @@ class DetectionReport:
         json_path = self.output_dir / self.filename
         png_path = json_path.with_suffix(".png").with_name(json_path.stem + "_froc.png")
         report["froc_plot"] = png_path.name
-        atomic_write_json(json_path, report)
+        atomic_write_json(json_path, _json_safe(report))
         plot_froc(curves, png_path, title=f"FROC ({report['num_scans']} scans)")
         logger.info(
             "CPM %.3f (all), %.3f (>= %g mm), mAP@0.1 %.3f; report %s",
