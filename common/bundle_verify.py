@@ -168,6 +168,136 @@ def check_config_file(path: Path) -> list[str]:
     return problems
 
 
+def _bound_by_import(code: str) -> set[str]:
+    """Names a config ``$import`` binds, the way MONAI's ConfigExpression binds them.
+
+    MONAI binds ``import a.b`` to the name ``"a.b"`` (not ``a``), ``import a.b as c`` to ``c`` and
+    ``from a import b`` to ``b``.
+    """
+    names: set[str] = set()
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return names
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and node.names:
+            alias = node.names[0]  # MONAI ignores further aliases of one statement
+            names.add(alias.asname or alias.name)
+    return names
+
+
+def _free_names(code: str) -> set[str]:
+    """Names an expression reads that it does not bind itself (comprehension variables, lambda arguments)."""
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        return set()
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return loaded - bound
+
+
+def check_expression_names(config: Any, name: str) -> list[str]:
+    """Every global name an expression uses is a builtin, one of MONAI's default globals or imported."""
+    import builtins
+
+    from monai.bundle.config_parser import ConfigParser
+
+    strings = [(i, v) for i, v in _walk(config) if isinstance(v, str) and v.startswith("$")]
+    imported = set().union(*(_bound_by_import(v[1:]) for _, v in strings if v[1:].lstrip().startswith(("import ", "from "))))
+    known = imported | set(dir(builtins)) | set(getattr(ConfigParser, "suffixes", ())) | {"monai", "torch", "np", "numpy", "_ref"}
+    modules = _imported_modules([v[1:] for _, v in strings if v[1:].lstrip().startswith(("import ", "from "))])
+    problems = []
+    for item_id, value in strings:
+        code = _REF.sub("_ref", value[1:]).strip()
+        if code.startswith(("import ", "from ")):
+            continue
+        for missing in sorted(_free_names(code) - known):
+            dotted = sorted(n for n in imported if n.startswith(missing + "."))
+            hint = f" (MONAI binds `import {dotted[0]}` to the name {dotted[0]!r}: add `$import {missing}`)" if dotted else ""
+            problems.append(f"{name}: {item_id}: expression uses {missing!r}, which no `$import` defines{hint}")
+        for chain in _attribute_chains(code):
+            err = _resolve_module_chain(chain, modules)
+            if err:
+                problems.append(f"{name}: {item_id}: {err}")
+    return problems
+
+
+def _imported_modules(import_codes: Sequence[str]) -> dict[str, Any]:
+    """Run the config's ``$import`` statements the way MONAI does; name -> module (failures skipped)."""
+    from monai.utils import optional_import
+
+    modules: dict[str, Any] = {}
+    for code in import_codes:
+        try:
+            node = ast.parse(code.strip()).body[0]
+        except (SyntaxError, IndexError):
+            continue
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or not node.names:
+            continue
+        alias = node.names[0]
+        if isinstance(node, ast.ImportFrom):
+            obj, ok = optional_import(str(node.module), name=alias.name)
+        else:
+            obj, ok = optional_import(alias.name)
+        if ok:
+            modules[alias.asname or alias.name] = obj
+    return modules
+
+
+def _attribute_chains(code: str) -> list[list[str]]:
+    """Dotted name chains (``common.bundle_utils.freeze`` -> ["common", "bundle_utils", "freeze"])."""
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        return []
+    chains, inner = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                inner.add(id(cur))
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name):
+                chains.append([cur.id, *reversed(parts)])
+    return chains
+
+
+def _resolve_module_chain(chain: list[str], modules: Mapping[str, Any]) -> str | None:
+    """An error when a chain walks into a submodule that no import loaded (``common.bundle_utils``
+    after only ``$import common``); attributes of non-modules are not checked (they may be dynamic)."""
+    import types
+
+    obj = modules.get(chain[0])
+    if not isinstance(obj, types.ModuleType):
+        return None
+    for depth, attr in enumerate(chain[1:], start=1):
+        if not isinstance(obj, types.ModuleType):
+            return None
+        if not hasattr(obj, attr):
+            dotted = ".".join(chain[: depth + 1])
+            return f"{'.'.join(chain)}: module {'.'.join(chain[:depth])!r} has no attribute {attr!r} (add `$import {dotted}` to `imports` if it is a submodule)"
+        obj = getattr(obj, attr)
+    return None
+
+
+def check_onnx_handlers(parser: Any, name: str) -> list[str]:
+    """With ``network`` run by ONNX Runtime, no handler may load a PyTorch checkpoint into it."""
+    network = parser.get("network")
+    if not (isinstance(network, Mapping) and str(network.get("_target_", "")).endswith("OnnxRuntimeNetwork")):
+        return []
+    handlers = parser.get("handlers") or []
+    loaders = [h.get("_target_") for h in handlers if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", ""))]
+    if loaders:
+        return [f"{name}: `handlers` still has {loaders[0]}, which cannot load weights into OnnxRuntimeNetwork; override `handlers` without it"]
+    return []
+
+
 def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     """The merged configs resolve: macros expand, every ``@id`` reference exists, every ``_target_`` imports.
 
@@ -184,7 +314,8 @@ def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
         parser.parse(reset=True)
     except Exception as e:
         return [f"{configs_dir}: {name}: does not resolve ({type(e).__name__}: {e})"]
-    problems = []
+    problems = [f"{configs_dir}: {p}" for p in check_expression_names(parser.get(), name)]
+    problems += [f"{configs_dir}: {p}" for p in check_onnx_handlers(parser, name)]
     refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
     for ref in sorted(refs):
         if ref not in parser:
@@ -394,48 +525,43 @@ def check_model_card(readme: Path) -> list[str]:
     return [f"{readme}: model card lacks the sections {missing}"] if missing else []
 
 
-def _is_phi_safe_handler(cls: Any, filter_cls: type) -> bool:
-    """Whether instances of the handler class carry the PHI filter (built without touching any file)."""
-    import io
-    import os
-
-    if not (isinstance(cls, type) and issubclass(cls, logging.Handler)):
-        return False
-    try:
-        if issubclass(cls, logging.FileHandler):
-            instance = cls(os.devnull, delay=True)
-        elif issubclass(cls, logging.StreamHandler):
-            instance = cls(io.StringIO())
-        else:
-            instance = cls()
-    except Exception:
-        return False
-    try:
-        return any(isinstance(f, filter_cls) for f in instance.filters)
-    finally:
-        instance.close()
-
-
 def check_logging_conf(path: Path) -> list[str]:
-    """``logging.conf`` parses and every handler filters patient identifiers (``common.logging_utils``)."""
-    from pydoc import locate
+    """``logging.conf`` is a fileConfig file that ``monai.bundle run --logging_file`` accepts.
 
-    from common.logging_utils import PHIFilter
-
-    parser = configparser.ConfigParser(interpolation=None)
+    MONAI 1.6 only applies logging files whose handler/formatter classes come from ``logging`` or
+    ``logging.handlers``; patient identifiers are removed by ``import common`` (see
+    ``common.logging_utils``), which :func:`check_phi_redaction` checks the configs trigger.
+    """
+    parser = configparser.RawConfigParser()
     try:
-        parser.read(path)
+        parser.read(path, encoding="utf-8")
         handlers = [h.strip() for h in parser["handlers"]["keys"].split(",") if h.strip()]
+        root_handlers = parser["logger_root"].get("handlers", "")
     except Exception as e:
         return [f"{path}: not a logging fileConfig file ({type(e).__name__}: {e})"]
     problems = []
-    for handler in handlers:
-        section = f"handler_{handler}"
-        cls_name = parser[section].get("class", "") if section in parser else ""
-        if not _is_phi_safe_handler(locate(cls_name) if cls_name else None, PHIFilter):
+    if not handlers or not root_handlers.strip():
+        problems.append(f"{path}: no handler on the root logger; copy common/resources/logging.conf")
+    try:
+        from monai.bundle.workflows import _reject_executable_logging_config
+    except ImportError:  # an older MONAI without the check
+        return problems
+    try:
+        _reject_executable_logging_config(str(path))
+    except ValueError as e:
+        problems.append(f"{path}: monai.bundle run would refuse it: {e}")
+    return problems
+
+
+def check_phi_redaction(configs_dir: Path) -> list[str]:
+    """The train and inference configs import ``common``, which switches on PHI redaction in logs."""
+    problems = []
+    for name in ("train.yaml", "inference.yaml"):
+        path = configs_dir / name
+        if path.is_file() and not re.search(r"\bcommon\.|import common\b", path.read_text(encoding="utf-8")):
             problems.append(
-                f"{path}: handler {handler!r} ({cls_name or 'no class'}) does not filter patient identifiers; "
-                "use common.logging_utils.PHISafeStreamHandler / PHISafeFileHandler (copy common/resources/logging.conf)"
+                f"{path}: never imports `common`, so patient identifiers are not redacted from logs; add "
+                "`$import common` to `imports`"
             )
     return problems
 
@@ -484,6 +610,7 @@ def verify_bundle(path: str | Path, check_network: bool = True) -> list[str]:
             problems.append(str(e))
     if (configs / "logging.conf").is_file():
         problems += check_logging_conf(configs / "logging.conf")
+    problems += check_phi_redaction(configs)
     if (root / "docs" / "README.md").is_file():
         problems += check_model_card(root / "docs" / "README.md")
     if check_network and (configs / "metadata.json").is_file() and (configs / "export_onnx.yaml").is_file():

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import torch
 from dicom_factory import write_radiograph
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose, Invertd
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -65,6 +65,32 @@ def test_window_and_rescale_are_applied(tmp_path):
     expected = np.clip((real - 2999.5) / 2000.0 + 0.5, 0.0, 1.0)
     np.testing.assert_allclose(image, expected, atol=1e-5)
     assert image.min() == 0.0 and image.max() == 1.0
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_real_voi_lut_sequence_and_modality_lut():
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = get_testdata_file("vlut_04.dcm")  # 8-bit stored values through a 16-bit VOI LUT
+    ds = pydicom.dcmread(path)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    shown = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    image = _load(path)[0].numpy()
+    np.testing.assert_allclose(image, (shown - lut.min()) / (lut.max() - lut.min()), atol=1e-6)
+
+    path = get_testdata_file("mlut_18.dcm")  # signed 12-bit values through a Modality LUT, no window
+    ds = pydicom.dcmread(path)
+    real = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    np.testing.assert_allclose(
+        _load(path)[0].numpy(), (real - real.min()) / (real.max() - real.min()), atol=1e-6
+    )
+
+
+def test_non_linear_voi_lut_is_applied(tmp_path):
+    pixels = _ramp(16, 16, 255)
+    lut = np.round((np.arange(256) / 255.0) ** 2 * 65535)
+    path = write_radiograph(tmp_path / "lut.dcm", pixels, bits_stored=8, voi_lut=lut)
+    np.testing.assert_allclose(_load(path)[0].numpy(), (pixels / 255.0) ** 2, atol=1e-4)
 
 
 def test_multiframe_and_ct_dicom_are_refused(tmp_path):
@@ -169,3 +195,13 @@ def test_letterbox_wide_image_pads_top_and_bottom():
     sq = LetterboxResized("image", size=60, mode="nearest")({"image": image})["image"]
     np.testing.assert_array_equal(sq.meta["letterbox_pad"], [20, 20, 0, 0])
     assert float(sq[0, :20].sum()) == 0.0 and float(sq[0, 20:40].min()) == 1.0
+
+
+def test_png_and_dicom_collate_into_one_batch(tmp_path):
+    Image.fromarray((_ramp(40, 30, 255)).astype(np.uint8)).save(tmp_path / "a.png")
+    write_radiograph(tmp_path / "b.dcm", _ramp(), modality="DX", photometric="MONOCHROME1")
+    load = Compose([LoadRadiographd("image"), LetterboxResized("image", size=32)])
+    batch = list_data_collate([load({"image": str(tmp_path / n)}) for n in ("a.png", "b.dcm")])
+    assert batch["image"].shape == (2, 1, 32, 32)
+    assert batch["image"].meta["image_format"] == ["png", "dicom"]
+    assert batch["image"].meta["image_inverted"].tolist() == [False, True]

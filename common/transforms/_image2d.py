@@ -10,13 +10,26 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputDataError
-from common.io.dicom import RADIOGRAPH_MODALITIES, read_dicom_file
+from common.io.dicom import RADIOGRAPH_MODALITIES, _int, _text, quiet_value_validation, read_dicom_file
 from common.transforms._meta import check_file, lower_name, sniff_format
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
 # ITU-R 601-2 luma, as PIL's convert("L"), computed in float so 16-bit colour keeps its precision.
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def image_info(
+    fmt: str, modality: str = "", photometric: str = "", bits: int = 8, inverted: bool = False
+) -> dict[str, Any]:
+    """The same keys for every source, so that a batch mixing PNG and DICOM collates."""
+    return {
+        "format": fmt,
+        "modality": modality,
+        "photometric": photometric,
+        "bits": int(bits),
+        "inverted": inverted,
+    }
 
 
 def _grey_from_colour(rgb: np.ndarray) -> np.ndarray:
@@ -41,6 +54,7 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a worker
             mode = img.mode
+            fmt = str(img.format or "image").lower()
             n_frames = getattr(img, "n_frames", 1)
             if mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -53,7 +67,7 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise InputDataError(path, f"the image cannot be decoded (truncated or corrupt file): {e}") from e
-    info: dict[str, Any] = {"format": "image", "mode": mode}
+    info = image_info(fmt, photometric=mode, bits=1 if array.dtype == bool else 8 * array.dtype.itemsize)
     if n_frames > 1:
         raise InputDataError(path, f"an image with {n_frames} frames; {what} must be one frame")
     if array.ndim == 3:
@@ -68,7 +82,6 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         grey = array / 255.0
     elif array.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")) or mode.startswith("I;16"):
         grey = array.astype(np.float64) / 65535.0
-        info["bits"] = 16
     elif np.issubdtype(array.dtype, np.integer):  # mode "I": 32-bit container, usually 16-bit data
         top = 65535.0 if array.min() >= 0 and array.max() <= 65535 else None
         grey = _minmax(array, path) if top is None else array / top
@@ -123,11 +136,24 @@ def read_dicom_image(
     (``apply_voi_lut``; without one, the image's own min..max), scaled to [0, 1]; MONOCHROME1 (and
     MONOCHROME2 with an INVERSE presentation LUT) inverted so that bright is dense tissue/bone.
     """
+    with quiet_value_validation():
+        try:
+            return _read_dicom_image(path, modalities, what, apply_voi)
+        except InputDataError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            # a header value pydicom cannot convert, or a LUT/window that does not fit the pixel data
+            raise InputDataError(path, f"unusable DICOM header ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _read_dicom_image(
+    path: str | os.PathLike, modalities: Sequence[str], what: str, apply_voi: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     ds = read_dicom_file(path)
-    modality = str(ds.get("Modality", "") or "").upper()
+    modality = _text(ds, "Modality").upper()
     allowed = tuple(m.upper() for m in modalities)
     if allowed and modality not in allowed:
         if modality in ("CT", "MR", "PT", "NM"):
@@ -137,7 +163,7 @@ def read_dicom_image(
                 f"the DICOM modality is {modality or 'missing'}, not {what} ({'/'.join(allowed)} expected)"
             )
         raise InputDataError(path, problem)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int(ds, "NumberOfFrames", 1)
     if n_frames > 1:
         raise InputDataError(path, f"a multi-frame DICOM ({n_frames} frames); {what} must be a single frame")
     try:
@@ -149,7 +175,7 @@ def read_dicom_image(
             path, f"cannot decode the DICOM pixel data (transfer syntax {name}): {type(e).__name__}: {e}"
         ) from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    info: dict[str, Any] = {"format": "dicom", "modality": modality, "photometric": photometric}
+    info = image_info("dicom", modality, photometric, bits=int(ds.get("BitsStored", 16) or 16))
     spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
     if spacing is not None:
         info["pixel_spacing"] = (float(spacing[0]), float(spacing[1]))
@@ -163,11 +189,13 @@ def read_dicom_image(
         rgb = apply_color_lut(pixels, ds)
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         return _finish(_grey_from_colour(rgb) / top, path, what), info
-    arr = apply_modality_lut(pixels, ds).astype(np.float64)
+    # VOI LUTs are indexed by the (integer) modality output: cast to float only afterwards.
+    arr = apply_modality_lut(pixels, ds)
     if apply_voi:
         arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
         lo, hi = _output_range(ds, arr)
     else:
+        arr = arr.astype(np.float64)
         lo, hi = float(arr.min()), float(arr.max())
     grey = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     inverse = str(ds.get("PresentationLUTShape", "") or "").upper() == "INVERSE"

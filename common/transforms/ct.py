@@ -79,7 +79,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise InputDataError(
             path, f"the NIfTI data cannot be read (truncated or corrupt file): {type(e).__name__}: {e}"
         ) from e
-    return array, np.asarray(img.affine, dtype=np.float64), {"format": "nifti"}
+    return array, np.asarray(img.affine, dtype=np.float64), {"ct_format": "nifti", "ct_modality": ""}
 
 
 def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -91,17 +91,23 @@ def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise
     except Exception as e:
         raise InputDataError(path, f"cannot read the MetaImage file: {type(e).__name__}: {e}") from e
-    meta = {k: v for k, v in dict(meta).items() if isinstance(v, (str, int, float))}
-    meta["format"] = "mhd"
-    return np.asarray(array), np.asarray(affine, dtype=np.float64), meta
+    return np.asarray(array), np.asarray(affine, dtype=np.float64), {"ct_format": "mhd", "ct_modality": ""}
 
 
-def _read_volume(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def _read_volume(
+    path: str | os.PathLike, what: str, allow_dicom: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Dispatch on folder / extension / content. ``what`` names the expected content in errors."""
     path = check_file(path)
+    if not allow_dicom and (
+        path.is_dir() or lower_name(path).endswith(".dcm") or sniff_format(path) == "DICOM"
+    ):
+        raise InputDataError(
+            path, f"DICOM is not read as {what}: convert it to NIfTI (.nii.gz) or MetaImage (.mhd)"
+        )
     if path.is_dir():
         array, affine, meta = read_dicom_series(path)
-        return array, affine, {"format": "dicom", "n_slices": meta["n_slices"], "modality": meta["modality"]}
+        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"]}
     name = lower_name(path)
     content = sniff_format(path)
     if content in _PHOTO_FORMATS:
@@ -116,7 +122,7 @@ def _read_volume(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.nda
         return _read_mhd(path)
     if name.endswith(".dcm") or content == "DICOM":
         array, affine, meta = read_dicom_series(path)
-        return array, affine, {"format": "dicom", "n_slices": meta["n_slices"], "modality": meta["modality"]}
+        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"]}
     if content == "NIFTI":
         return _read_nifti(path)
     raise InputDataError(
@@ -151,13 +157,16 @@ def check_hu_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     Returns the array with isolated non-finite voxels replaced by the lowest finite value.
     """
     finite = np.isfinite(array)
-    if not finite.any():
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
         raise InputDataError(path, "no finite value (all NaN/inf): the volume is empty")
-    n_bad = int(finite.size - np.count_nonzero(finite))
-    lo, hi = float(array[finite].min()), float(array[finite].max())
-    if n_bad:
-        logger.warning("%s: %d NaN/inf voxels set to the lowest value %.1f", path, n_bad, lo)
+    if n_finite < array.size:
+        values = array[finite]
+        lo, hi = float(values.min()), float(values.max())
+        logger.warning("%s: %d NaN/inf voxels set to the lowest value %.1f", path, array.size - n_finite, lo)
         array = np.where(finite, array, np.asarray(lo, dtype=array.dtype))
+    else:
+        lo, hi = float(array.min()), float(array.max())
     if lo >= 0.0 and hi <= 1.0:
         raise InputDataError(
             path,
@@ -190,7 +199,7 @@ def load_ct(path: str | os.PathLike, hu_check: bool = True) -> MetaTensor:
 
 def load_label_volume(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MetaTensor:
     """Read a label map (NIfTI or MHD) to a ``(1, X, Y, Z)`` MetaTensor with integer values."""
-    array, affine, extra = _read_volume(path, "a label volume")
+    array, affine, extra = _read_volume(path, "a label volume", allow_dicom=False)
     array = _as_volume(np.asarray(array), path, "a label volume")
     values = np.asarray(array, dtype=np.float64)
     if not np.all(np.isfinite(values)):
