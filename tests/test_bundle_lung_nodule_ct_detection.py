@@ -34,7 +34,7 @@ def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflo
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         workflow_type=workflow_type,
-        logging_file=False,
+        logging_file=str(CONFIGS / "logging.conf"),
         bundle_root=str(BUNDLE),
         **overrides,
     )
