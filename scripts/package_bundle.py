@@ -1,0 +1,24 @@
+"""Write a self-contained archive of a bundle: the bundle plus the `common` code it imports.
+
+    python scripts/package_bundle.py --bundle bundles/<name> [--out dist/<name>.zip]
+
+Unpack it with ``python -m zipfile -e <name>.zip DIR`` (or any unzip) and run from inside ``DIR/<name>``:
+``python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . --dataset_dir DATA``.
+"""
+
+from __future__ import annotations
+
+import fire
+
+from common.deploy import package_bundle
+
+
+def main(bundle: str, out: str | None = None) -> str:
+    """Package ``bundle``; returns the archive path."""
+    path = package_bundle(bundle, out)
+    print(path)
+    return str(path)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
