@@ -128,3 +128,64 @@ def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> tor
         n_trainable += int(param.requires_grad)
     logger.info("freeze: %d of %d parameter tensors stay trainable (%s)", n_trainable, len(names), prefixes)
     return network
+
+
+class MetricsReport:
+    """Ignite handler that writes an evaluator's metrics to a JSON report when the run completes.
+
+    The report holds every metric in ``engine.state.metrics``, the per-case values of metrics computed
+    with ``save_details`` (e.g. ``MeanDice``), keyed by the case's file name, and the number of cases.
+    Written atomically, so a crash never leaves a half-written report.
+
+    Args:
+        output_file: the JSON file to write.
+        case_key: batch key whose MetaTensor ``filename_or_obj`` names each case (e.g. ``"image"``);
+            ``None`` numbers the cases instead.
+        extra: constant entries to add (model version, data set name, ...).
+    """
+
+    def __init__(self, output_file: str | os.PathLike, case_key: str | None = "image", extra: Mapping | None = None) -> None:
+        self.output_file = Path(output_file)
+        self.case_key = case_key
+        self.extra = dict(extra or {})
+        self._cases: list[str] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_names)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _reset(self, engine) -> None:
+        self._cases = []
+
+    def _collect_names(self, engine) -> None:
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            value = item.get(self.case_key) if (self.case_key and isinstance(item, Mapping)) else None
+            meta = getattr(value, "meta", {}) or {}
+            name = meta.get("filename_or_obj")
+            self._cases.append(Path(str(name)).name if name else f"case_{len(self._cases)}")
+
+    def __call__(self, engine) -> None:
+        from common.io.atomic import atomic_write_json
+
+        def _number(value):
+            value = value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1 else value
+            return value.tolist() if hasattr(value, "tolist") else value
+
+        per_case = {}
+        for name, details in (getattr(engine.state, "metric_details", None) or {}).items():
+            rows = details.detach().cpu().tolist() if hasattr(details, "detach") else list(details)
+            names = self._cases if len(self._cases) == len(rows) else [f"case_{i}" for i in range(len(rows))]
+            per_case[name] = dict(zip(names, rows))
+        report = {
+            "metrics": {k: _number(v) for k, v in engine.state.metrics.items()},
+            "per_case": per_case,
+            "num_cases": len(self._cases),
+            **self.extra,
+        }
+        atomic_write_json(self.output_file, report)
+        logger.info("metrics report written to %s", self.output_file)

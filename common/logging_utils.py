@@ -9,9 +9,16 @@
 * ``PatientName=...``, ``patient_id: ...``, ``'PatientID': '...'`` and pydicom's own element printout
   (``(0010,0010) Patient's Name  PN: '...'``) have their values replaced, whoever wrote them.
 
-``logging.config.fileConfig`` (what ``python -m monai.bundle run --logging_file`` uses) cannot attach
-filters, so the handlers below install the filter themselves; ``common/resources/logging.conf`` is the
-template every bundle copies to ``configs/logging.conf``.
+How it is switched on. ``logging.config.fileConfig`` (what ``python -m monai.bundle run --logging_file``
+uses) cannot attach filters, and MONAI 1.6 refuses a ``logging.conf`` whose handler classes are not
+from ``logging``/``logging.handlers`` (GHSA-wvpx-5qmp-46g3), so a bundle's ``logging.conf`` (copied
+from ``common/resources/logging.conf``) names the standard ``StreamHandler``. The redaction is
+installed instead by :func:`install_phi_redaction`, which ``import common`` calls: it wraps the
+logging record factory, so every record of every logger is redacted when it is created, whatever
+handlers ``logging.conf``, MONAI or ignite attach later. Every bundle config imports ``common``
+(``common.bundle_utils``, ``common.transforms``, ...), so this is on before any DICOM file is read.
+``PHISafeStreamHandler``/``PHISafeFileHandler`` carry the filter themselves, for ``dictConfig`` and
+scripts that set up their own handlers.
 """
 
 from __future__ import annotations
@@ -258,3 +265,30 @@ def install_phi_filter(logger: logging.Logger | None = None) -> None:
         for handler in lg.handlers:
             if not any(isinstance(f, PHIFilter) for f in handler.filters):
                 handler.addFilter(PHIFilter())
+
+
+_factory_lock = threading.Lock()
+_installed_factory: Any = None
+
+
+def install_phi_redaction() -> None:
+    """Redact patient identifiers from every log record of this process when the record is created.
+
+    Wraps ``logging.getLogRecordFactory()`` (idempotent: a second call changes nothing) and adds
+    :class:`PHIFilter` to the handlers already configured. Called by ``import common``.
+    """
+    global _installed_factory
+    with _factory_lock:
+        current = logging.getLogRecordFactory()
+        if current is _installed_factory:
+            return
+        phi_filter = PHIFilter()
+
+        def _phi_safe_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = current(*args, **kwargs)
+            phi_filter.filter(record)
+            return record
+
+        logging.setLogRecordFactory(_phi_safe_record)
+        _installed_factory = _phi_safe_record
+    install_phi_filter()

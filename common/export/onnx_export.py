@@ -244,7 +244,9 @@ def _torch_export(
         except TypeError as e:  # a torch without the TorchScript exporter
             logger.warning("TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", e)
     dim = torch.export.Dim.AUTO
-    dynamic_shapes = tuple({a: dim for a in dynamic_axes.get(n, {})} or None for n in input_names)
+    per_input = tuple({a: dim for a in dynamic_axes.get(n, {})} or None for n in input_names)
+    # FlattenOutputs.forward(*args): torch.export sees one positional argument, the tuple of inputs
+    dynamic_shapes = (per_input,)
     torch.onnx.export(
         model,
         example,
@@ -252,7 +254,7 @@ def _torch_export(
         input_names=input_names,
         output_names=output_names,
         opset_version=opset,
-        dynamic_shapes=dynamic_shapes if any(d is not None for d in dynamic_shapes) else None,
+        dynamic_shapes=dynamic_shapes if any(d is not None for d in per_input) else None,
         dynamo=True,
         external_data=False,
         verbose=False,
@@ -362,7 +364,7 @@ def export_network(
 
 
 def _import_object(dotted: str) -> Any:
-    from monai.utils import locate
+    from pydoc import locate
 
     obj = locate(dotted)
     if obj is None:
