@@ -72,7 +72,7 @@ def trained(data, tmp_path_factory) -> Path:
 
 def test_train_saves_loadable_checkpoint_and_logs(trained):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert state["fc.weight"].shape == (4, 256) and state["conv1.weight"].shape[1] == 1
+    assert state["fc.weight"].shape == (4, 128) and state["conv1.weight"].shape[1] == 1
     assert list((trained / "eval").glob("events.out.tfevents.*"))
 
 
@@ -159,5 +159,5 @@ def test_multi_gpu_config_trains_under_torchrun_with_two_cpu_processes(data, tmp
                 "--logging_file", str(bundle / "configs" / "logging.conf"), "--max_epochs", "1",
                 "--num_workers", "0", "--batch_size", "4")
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert state["fc.weight"].shape == (4, 256) and not any(k.startswith("module.") for k in state)
+    assert state["fc.weight"].shape == (4, 128) and not any(k.startswith("module.") for k in state)
     assert proc.stdout.count("Epoch[1] Metrics -- val_accuracy") == 1
