@@ -13,7 +13,14 @@ import torch
 from scipy import ndimage
 
 from common.classification import classifier
-from common.interpret import ExplainWriter, gradcam_map, occlusion_map, peak_overlap, predict_proba, save_overlay
+from common.interpret import (
+    ExplainWriter,
+    gradcam_map,
+    occlusion_map,
+    peak_overlap,
+    predict_proba,
+    save_overlay,
+)
 
 SIZE = 128
 
