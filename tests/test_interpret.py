@@ -75,14 +75,20 @@ def _render_oct(rng, diseased: bool):
     return render_oct(rng, "DRUSEN" if diseased else "NORMAL", size=(SIZE, SIZE), config=OCT_FIXED)
 
 
+# one child's anatomy, pose and exposure (base phantom 0): normal and consolidated films differ by the lesion
+CXR_FIXED = {"rotation_deg": [0.0, 0.0], "shift_fraction": [0.0, 0.0], "size_jitter": [1.0, 1.0],
+             "fill_fraction": [0.8, 0.8], "bone_contrast": [1.0, 1.0], "i0_photons": [30000.0, 30000.0],
+             "scatter_fraction": [0.2, 0.2], "gamma": [1.5, 1.5], "unsharp_amount": [0.5, 0.5]}
+
+
 def _render_cxr(rng, diseased: bool):
     from common.synthetic.cxr import render_cxr
 
-    # the same generator state with and without the lesion: the pair differs only by the consolidation
     state = np.random.default_rng(int(rng.integers(2**31)))
     if diseased:
-        return render_cxr(state, size=SIZE, pediatric=True, pattern="lobar", severity=float(rng.uniform(0.7, 1.0)))
-    return render_cxr(state, size=SIZE, pediatric=True)
+        return render_cxr(state, size=SIZE, pediatric=True, pattern="lobar", severity=float(rng.uniform(0.8, 1.0)),
+                          config=CXR_FIXED, base_index=0)
+    return render_cxr(state, size=SIZE, pediatric=True, config=CXR_FIXED, base_index=0)
 
 
 @pytest.fixture(scope="module", params=["oct_drusen", "cxr_consolidation"])
