@@ -15,6 +15,7 @@ these settings for their synthetic figures.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -61,7 +62,8 @@ class BundleDemo:
     Args:
         bundle: folder name under ``bundles/``.
         task: ``scripts/make_synthetic.py`` task.
-        synthetic: generator config (merged over the generator's defaults).
+        synthetic: generator config (merged over the generator's defaults), or the repository-relative path
+            of a config file (the one the model card names).
         train: training overrides (``--key value`` of ``monai.bundle run``), the demo-scale settings.
         evaluate: extra overrides of the evaluation run.
         metric: the figure of the row.
@@ -73,13 +75,15 @@ class BundleDemo:
         explain: a few held-out files (relative to the data set) for ``configs/explain.yaml`` maps; empty: none.
         pngs: glob patterns, relative to the bundle's demo folder, of the figures copied beside summary.md.
         seed: generator seed.
+        datalist_layout: when set, ``scripts/prepare_datalist.py <layout>`` writes ``datalist.json`` into the
+            data set and the bundle runs read it (``--datalist``), as the model card's commands do.
         heldout_csv_split: for a CSV data set (``encounters.csv`` with a ``split`` column): the split whose rows
             inference reads (written to ``encounters_<split>.csv``); "": inference reads ``heldout``.
     """
 
     bundle: str
     task: str
-    synthetic: dict[str, Any]
+    synthetic: dict[str, Any] | str
     train: dict[str, Any]
     metric: Metric
     heldout: str
@@ -92,6 +96,7 @@ class BundleDemo:
     pngs: Sequence[str] = ("eval/*.png",)
     heldout_csv_split: str = ""
     seed: int = 0
+    datalist_layout: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,12 +122,13 @@ DEMOS: dict[str, BundleDemo] = {
     "lung_nodule_ct_detection": BundleDemo(
         bundle="lung_nodule_ct_detection",
         task="nodules",
-        synthetic={"num_train": 20, "num_val": 4, "num_test": 8, "dicom_cases": "none"},
+        synthetic="bundles/lung_nodule_ct_detection/docs/synthetic_demo.yaml",
         seed=1,
-        train={"max_epochs": 30, "val_interval": 10},
+        datalist_layout="luna16",
+        train={"max_epochs": 3, "val_interval": 3, "learning_rate": 0.002},
         evaluate={"eval_split": "test"},
         metric=Metric("CPM, nodules >= 6 mm (test)", "metrics.json", "cpm_6mm", 0.8, ">= 0.8 (aim)"),
-        heldout="subset0",
+        heldout="datalist.json",  # its validation scans (inference prefers testing, then validation lists)
         inference_outputs=("*_nodules.json",),
         onnx_id="onnx_path",
         checkpoint_id="ckpt_path",
@@ -131,13 +137,9 @@ DEMOS: dict[str, BundleDemo] = {
     "retina_oct_classification": BundleDemo(
         bundle="retina_oct_classification",
         task="oct",
-        synthetic={
-            "image_size": [224, 224],
-            "splits": {"train": {"CNV": 100, "DME": 100, "DRUSEN": 100, "NORMAL": 100},
-                       "test": {"CNV": 25, "DME": 25, "DRUSEN": 25, "NORMAL": 25}},
-        },
-        train={"max_epochs": 15},
-        evaluate={"eval_split": "test", "n_boot": 200},
+        synthetic="common/synthetic/configs/oct.yaml",
+        train={"max_epochs": 30},
+        evaluate={"eval_split": "test"},
         metric=Metric("4-class accuracy (test)", "report.json", "accuracy", 0.90, ">= 0.90"),
         heldout="OCT2017/test",
         inference_outputs=("predictions.csv",),
@@ -149,13 +151,9 @@ DEMOS: dict[str, BundleDemo] = {
     PNEUMONIA: BundleDemo(
         bundle=PNEUMONIA,
         task="pneumonia_cxr",
-        synthetic={
-            "image_size": 256,
-            "splits": {"train": {"NORMAL": 75, "BACTERIAL": 150, "VIRAL": 75},
-                       "test": {"NORMAL": 25, "BACTERIAL": 50, "VIRAL": 25}},
-        },
-        train={"max_epochs": 15},
-        evaluate={"eval_split": "test", "n_boot": 200},
+        synthetic="common/synthetic/configs/pneumonia_cxr.yaml",
+        train={"max_epochs": 30},
+        evaluate={"eval_split": "test"},
         metric=Metric("3-class accuracy (test)", "report.json", "accuracy", 0.85, ">= 0.85"),
         heldout="chest_xray/test",
         inference_outputs=("predictions.csv",),
@@ -167,9 +165,8 @@ DEMOS: dict[str, BundleDemo] = {
     "cxr_ehr_oxygen_risk": BundleDemo(
         bundle="cxr_ehr_oxygen_risk",
         task="oxygen_risk",
-        synthetic={"n_per_site": 200, "image_size": 128, "progress": False, "render": {"pool_size": 2}},
-        train={"max_epochs": 10},
-        evaluate={"n_boot": 200},
+        synthetic={"n_per_site": 250, "image_size": 128},
+        train={"max_epochs": 12},
         # target: the generator's Bayes-optimal AUC - 0.05 (read from the data set's dataset.yaml)
         metric=Metric("AUROC any oxygen 24 h (test)", "evaluation_report.json", "outputs.any_oxygen_24h.auroc"),
         heldout=".",
@@ -416,8 +413,11 @@ def split_csv(csv_path: Path, split: str) -> Path:
     return target
 
 
-def _file_signature(path: Path) -> str:
+def _file_signature(path: Path, content: bool = False) -> str:
+    """Size and modification time of ``path`` (or a hash of its content), "absent" when there is none."""
     try:
+        if content:
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         st = path.stat()
         return f"{st.st_size}:{int(st.st_mtime)}"
     except OSError:
@@ -454,17 +454,30 @@ def bundle_steps(
     gen_config = out / "configs" / f"{demo.task}.yaml"
     paths = {"dataset_dir": str(data), "ckpt_dir": str(models), "log_dir": str(work / "logs")}
 
-    def write_gen_config() -> None:
-        gen_config.parent.mkdir(parents=True, exist_ok=True)
-        gen_config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
+    if isinstance(demo.synthetic, str):
+        gen_config = REPO / demo.synthetic
+        write_gen_config = None
+        gen_fingerprint = _file_signature(gen_config, content=True)
+    else:
+        def write_gen_config() -> None:
+            gen_config.parent.mkdir(parents=True, exist_ok=True)
+            gen_config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
 
+        gen_fingerprint = json.dumps(demo.synthetic, sort_keys=True)
     heldout_csv = {"csv_name": f"encounters_{demo.heldout_csv_split}.csv"} if demo.heldout_csv_split else {}
     steps = [
         Step(b, "data",
              [python, "scripts/make_synthetic.py", demo.task, "--out", str(data), "--config", str(gen_config),
               "--seed", str(demo.seed)],
-             [str(data / "dataset.yaml")], prepare=write_gen_config, fingerprint=json.dumps(demo.synthetic, sort_keys=True),
-             clean=[str(data)]),
+             [str(data / "dataset.yaml")], prepare=write_gen_config, fingerprint=gen_fingerprint, clean=[str(data)]),
+    ]
+    if demo.datalist_layout:
+        paths["datalist"] = str(data / "datalist.json")
+        steps.append(Step(b, "datalist",
+                          [python, "scripts/prepare_datalist.py", demo.datalist_layout, "--root", str(data),
+                           "--out", paths["datalist"]],
+                          [paths["datalist"]]))
+    steps += [
         Step(b, "train",
              _bundle_run(["train.yaml"], b, {**paths, "output_dir": str(work / "train"), **demo.train}, python),
              [str(models / "model.pt")], clean=[str(models), str(work / "train")]),
