@@ -107,11 +107,8 @@ DEMOS: dict[str, BundleDemo] = {
     "lung_ct_segmentation": BundleDemo(
         bundle="lung_ct_segmentation",
         task="lung_ct",
-        synthetic={
-            "num_train": 16, "num_val": 2, "num_test": 6, "dicom_cases": "none", "write_mhd": False,
-            "phantom": {"matrix": 128, "slice_spacing_mm": [2.0, 3.0]},
-        },
-        train={"max_epochs": 30, "val_interval": 5},
+        synthetic="bundles/lung_ct_segmentation/docs/synthetic_lung_ct.yaml",
+        train={"max_epochs": 15, "val_interval": 5},
         metric=Metric("mean Dice, both lungs (test)", "metrics.json", "mean.dice", 0.95, ">= 0.95"),
         heldout="imagesTs",
         inference_outputs=("*_seg.nii.gz",),
