@@ -14,7 +14,6 @@ settings when missing). Targets not run keep their figures from the previous JSO
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -70,6 +69,29 @@ def describe_machine() -> dict:
         "monai": monai.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def run_target(module: str, func: str, kwargs: dict, threads: int | None = None) -> dict:
+    """Call ``module:func(**kwargs)`` in a child process (so that one target's memory and threads do not
+    affect the next) and return its figures, with the child's peak resident memory added as
+    ``process_peak_rss_mib`` (children the target starts itself report their own)."""
+    code = (
+        "import json, resource, importlib, sys\n"
+        f"figures = getattr(importlib.import_module({module!r}), {func!r})(**{kwargs!r})\n"
+        "figures['process_peak_rss_mib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)\n"
+        "print('RESULT ' + json.dumps(figures, default=str))\n"
+    )
+    env = _child_env(threads or int(os.environ.get("OMP_NUM_THREADS", "2")))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+        else:
+            print(line, flush=True)
+    if result is not None:
+        return result
+    raise RuntimeError(f"{module}:{func} failed (exit code {proc.returncode}); its traceback is above")
 
 
 def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: int = 2) -> dict:
@@ -134,9 +156,10 @@ def _fmt(value, digits: int = 3) -> str:
 def summarise(figures: dict) -> dict:
     """The key columns of one bundle target: latency and throughput per backend, training speed, peak memory.
 
-    Bundles report inference in one of two shapes: end to end per scan (``{"pytorch": {"seconds_per_scan"},
-    "onnxruntime": {...}}``, the CT bundles) or per network call and batch size (``{"inference":
-    {"batch_<n>": {"pytorch_ms", "onnxruntime_ms", "pytorch_per_s", "onnxruntime_per_s"}}}``).
+    Bundles report inference in one of three shapes: end to end per scan (``{"pytorch": {"seconds_per_scan"},
+    "onnxruntime": {...}}``, the CT bundles), per network call and batch size (``{"inference":
+    {"batch_<n>": {"pytorch_ms", "onnxruntime_ms", "pytorch_per_s", "onnxruntime_per_s"}}}``, oxygen) or
+    flat per batch size (``torch_bs<n>_img_per_s``, ``onnx_bs<n>_img_per_s``, the classifiers).
     """
     row = {"latency_pytorch": "-", "latency_onnxruntime": "-", "throughput_pytorch": "-",
            "throughput_onnxruntime": "-", "train": "-", "peak_inference_mib": "-", "peak_train_mib": "-"}
@@ -148,6 +171,16 @@ def summarise(figures: dict) -> dict:
             if sec:
                 row[f"latency_{backend}"] = f"{sec:.3g} s/scan"
                 row[f"throughput_{backend}"] = f"{60.0 / sec:.3g} scans/min"
+    elif any(k.startswith("torch_bs") and k.endswith("_img_per_s") for k in figures):
+        # per batch size, flat: torch_bs<n>_img_per_s / onnx_bs<n>_img_per_s
+        sizes = sorted(int(k[len("torch_bs"):-len("_img_per_s")]) for k in figures
+                       if k.startswith("torch_bs") and k.endswith("_img_per_s"))
+        for backend, prefix in (("pytorch", "torch"), ("onnxruntime", "onnx")):
+            small, large = figures.get(f"{prefix}_bs{sizes[0]}_img_per_s"), figures.get(f"{prefix}_bs{sizes[-1]}_img_per_s")
+            if small:
+                row[f"latency_{backend}"] = f"{1000.0 * sizes[0] / small:.3g} ms (batch {sizes[0]})"
+            if large:
+                row[f"throughput_{backend}"] = f"{large:.4g}/s (batch {sizes[-1]})"
     elif isinstance(figures.get("inference"), dict):
         batches = sorted((int(k.split("_")[-1]), v) for k, v in figures["inference"].items()
                          if k.startswith("batch_") and isinstance(v, dict))
@@ -259,7 +292,7 @@ def main(
         print(f"[benchmark] {name} ...", flush=True)
         start = time.perf_counter()
         try:
-            figures = getattr(importlib.import_module(mod), func)(**kwargs)
+            figures = run_target(mod, func, kwargs)
         except Exception as e:  # a failing target is recorded so the others still run
             traceback.print_exc()
             figures = {"error": f"{type(e).__name__}: {e}"}

@@ -253,6 +253,9 @@ def test_benchmark_markdown_has_one_row_per_bundle():
                 "training": {"error": "RuntimeError: no data"},
             },
             "lung_nodule_ct_detection": {"error": "ImportError: x", "benchmark_seconds": 0.1},
+            "retina_oct_classification": {"torch_bs1_img_per_s": 50.0, "onnx_bs1_img_per_s": 250.0,
+                                          "torch_bs16_img_per_s": 150.0, "onnx_bs16_img_per_s": 450.0,
+                                          "process_peak_rss_mib": 700.0},
         },
     }
     md = bench._markdown(report)
@@ -262,6 +265,8 @@ def test_benchmark_markdown_has_one_row_per_bundle():
     assert ("| cxr_ehr_oxygen_risk | 5 ms (batch 1) | 2 ms (batch 1) | 400/s (batch 16) | 800/s (batch 16) "
             "| failed | 600 / - |") in md
     assert "| lung_nodule_ct_detection | failed: ImportError: x | - | - | - | - | - / - |" in md
+    assert ("| retina_oct_classification | 20 ms (batch 1) | 4 ms (batch 1) | 150/s (batch 16) | 450/s (batch 16) "
+            "| - | 700 / - |") in md
     assert "| synthetic_ct | seconds_per_scan | 4.2 |" in md
     assert "| training.cpu_seconds_per_iteration | 3.9 |" in md
 
@@ -319,3 +324,11 @@ def test_error_line_is_the_root_cause_of_a_chained_traceback(tmp_path):
     assert d._last_error_line(log) == "common.errors.InputDataError: /data/x.jpeg: input file or folder not found"
     log.write_text("ok\nPARITY CHECK FAILED: pred max_abs_err=0.1\n")
     assert d._last_error_line(log).startswith("PARITY CHECK FAILED")
+
+
+def test_benchmark_target_runs_in_a_child_process():
+    bench = _load_script("benchmark")
+    figures = bench.run_target("builtins", "dict", {"seconds_per_scan": 1.5})
+    assert figures["seconds_per_scan"] == 1.5 and figures["process_peak_rss_mib"] > 1
+    with pytest.raises(RuntimeError, match="no_such_function"):
+        bench.run_target("builtins", "no_such_function", {})
