@@ -30,6 +30,7 @@ def main(
     bundles: str | tuple | list | None = None,
     force: bool = False,
     real_data: str | None = None,
+    threads: int = 1,
 ) -> None:
     """Run the demo and print the summary table; exits with status 1 when a bundle failed.
 
@@ -39,6 +40,9 @@ def main(
         force: redo every step even when its outputs exist.
         real_data: real ChestXRay2017 training folder for the shipped pneumonia weights (default
             ``../shared/data/chest_xray2017_train224`` from the repository root, used when present).
+        threads: intra-op threads (OMP_NUM_THREADS) of every step. 1 by default: the bundles' data loaders
+            use the other core, and on a machine shared with other jobs two threads per process made
+            training about ten times slower than one (OpenMP threads wait for each other).
 
     Raises:
         SystemExit: (status 1) when a bundle failed; the table still lists every bundle.
@@ -70,7 +74,7 @@ def main(
     real_dir = Path(real_data) if real_data else (REPO / REAL_CXR_DIR)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = str(int(threads))
     env.setdefault("PYTHONUNBUFFERED", "1")
 
     plans = {name: bundle_steps(DEMOS[name], out_dir, sys.executable, real_dir) for name in names}
