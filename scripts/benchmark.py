@@ -75,13 +75,20 @@ def run_target(module: str, func: str, kwargs: dict, threads: int | None = None)
     """Call ``module:func(**kwargs)`` in a child process (so that one target's memory and threads do not
     affect the next) and return its figures, with the child's peak resident memory added as
     ``process_peak_rss_mib`` (children the target starts itself report their own)."""
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
     code = (
-        "import json, resource, importlib, sys\n"
-        f"figures = getattr(importlib.import_module({module!r}), {func!r})(**{kwargs!r})\n"
+        "import json, resource, importlib, inspect, sys\n"
+        f"fn = getattr(importlib.import_module({module!r}), {func!r})\n"
+        f"kwargs = {kwargs!r}\n"
+        "try:\n"
+        f"    if 'threads' in inspect.signature(fn).parameters: kwargs.setdefault('threads', {int(threads)})\n"
+        "except (TypeError, ValueError):\n"
+        "    pass\n"
+        "figures = fn(**kwargs)\n"
         "figures['process_peak_rss_mib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)\n"
         "print('RESULT ' + json.dumps(figures, default=str))\n"
     )
-    env = _child_env(threads or int(os.environ.get("OMP_NUM_THREADS", "2")))
+    env = _child_env(threads)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     result = None
     for line in proc.stdout.splitlines():
@@ -211,7 +218,7 @@ def _markdown(report: dict) -> str:
         "# Benchmarks",
         "",
         f"Measured by `python scripts/benchmark.py` on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"torch {m['torch']} ({m['torch_threads']} threads), MONAI {m['monai']}, ONNX Runtime {m['onnxruntime']}, "
+        f"torch {m['torch']} ({m.get('benchmark_threads', m['torch_threads'])} thread(s) per measurement), MONAI {m['monai']}, ONNX Runtime {m['onnxruntime']}, "
         f"Python {m['python']}.",
     ]
     if m.get("load_average"):
@@ -262,6 +269,7 @@ def main(
     data_root: str = "demo_output/data",
     training: bool = True,
     train_iterations: int = 8,
+    threads: int = 1,
 ) -> dict:
     """Run the benchmark targets and write the JSON and markdown reports.
 
@@ -272,6 +280,9 @@ def main(
         data_root: folder of the demo's synthetic sets (``<data_root>/<task>``) for the training figures.
         training: also measure each bundle's training speed.
         train_iterations: timed training iterations per bundle.
+        threads: intra-op threads of every measurement (OMP_NUM_THREADS of the child processes, and the
+            ``threads`` argument of targets that take one). 1 by default: on a 2-core machine shared with
+            other jobs, two OpenMP threads per process measured up to ten times slower than one.
 
     Returns:
         the report.
@@ -285,6 +296,7 @@ def main(
     previous = json.loads(Path(out).read_text())["targets"] if Path(out).exists() else {}
     machine = describe_machine()
     machine["load_average"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine["benchmark_threads"] = threads
     report = {"machine": machine, "targets": dict(previous)}
     for name in chosen:
         module_name, kwargs = TARGETS[name]
@@ -292,14 +304,14 @@ def main(
         print(f"[benchmark] {name} ...", flush=True)
         start = time.perf_counter()
         try:
-            figures = run_target(mod, func, kwargs)
+            figures = run_target(mod, func, kwargs, threads)
         except Exception as e:  # a failing target is recorded so the others still run
             traceback.print_exc()
             figures = {"error": f"{type(e).__name__}: {e}"}
         if training and not name.startswith("synthetic_"):
             print(f"[benchmark] {name}: training speed ...", flush=True)
             try:
-                figures["training"] = measure_training(name, data_root, train_iterations)
+                figures["training"] = measure_training(name, data_root, train_iterations, threads)
             except Exception as e:
                 traceback.print_exc()
                 figures["training"] = {"error": f"{type(e).__name__}: {str(e)[-500:]}"}
