@@ -696,6 +696,18 @@ def summary_markdown(rows: Sequence[Row], pngs: Sequence[Path], wall_seconds: fl
 # ---------------------------------------------------------------------------------------------------------
 # training speed of a bundle's own pipeline (scripts/benchmark.py)
 # ---------------------------------------------------------------------------------------------------------
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (VmHWM; ``ru_maxrss`` would carry the size of the parent
+    that started this program across fork/exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def training_speed(bundle: str, dataset_dir: str, iterations: int = 8, warmup: int = 2,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Training iterations per second of a bundle's own ``train.yaml`` pipeline, in this process.
@@ -759,7 +771,7 @@ def training_speed(bundle: str, dataset_dir: str, iterations: int = 8, warmup: i
         "batch_size": batch,
         "samples_per_s": round(samples / per_iteration, 2) if samples else None,
         "iterations": iterations,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "threads": torch.get_num_threads(),
         "setup_s": round(setup, 1),
     }

@@ -77,7 +77,7 @@ def run_target(module: str, func: str, kwargs: dict, threads: int | None = None)
     ``process_peak_rss_mib`` (children the target starts itself report their own)."""
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
     code = (
-        "import json, resource, importlib, inspect, sys\n"
+        "import json, importlib, inspect, sys\n"
         f"fn = getattr(importlib.import_module({module!r}), {func!r})\n"
         f"kwargs = {kwargs!r}\n"
         "try:\n"
@@ -85,7 +85,8 @@ def run_target(module: str, func: str, kwargs: dict, threads: int | None = None)
         "except (TypeError, ValueError):\n"
         "    pass\n"
         "figures = fn(**kwargs)\n"
-        "figures['process_peak_rss_mib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)\n"
+        "from common.demo import peak_rss_mib\n"
+        "figures['process_peak_rss_mib'] = round(peak_rss_mib(), 1)\n"
         "print('RESULT ' + json.dumps(figures, default=str))\n"
     )
     env = _child_env(threads)
