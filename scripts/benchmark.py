@@ -13,11 +13,15 @@ import importlib
 import json
 import os
 import platform
+import sys
 import time
 import traceback
 from pathlib import Path
 
 import fire
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # target -> ("module:function", keyword arguments)
 TARGETS: dict[str, tuple[str, dict]] = {

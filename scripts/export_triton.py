@@ -8,7 +8,13 @@ Without ``--onnx`` the bundle's network is exported first, with the parity check
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import fire
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.deploy import export_triton
 

@@ -15,8 +15,13 @@ Each writes ``dataset.yaml`` describing what it made; the same seed gives the sa
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import fire
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # task -> "module:function"; each function has the signature (out_dir, config=None, seed=0) -> Path
 GENERATORS = {

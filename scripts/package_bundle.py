@@ -8,7 +8,13 @@ Unpack it with ``python -m zipfile -e <name>.zip DIR`` (or any unzip) and run fr
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import fire
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.deploy import package_bundle
 

@@ -15,8 +15,13 @@ Options are passed on to the layout's function (see its docstring), e.g. ``--val
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import fire
+
+# run as a file (`python scripts/...`): make this checkout's `common` importable first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # layout -> "module:function"; each takes (root, out, **options) and returns the datalist path
 LAYOUTS = {

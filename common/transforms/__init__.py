@@ -1,0 +1,48 @@
+"""MONAI dictionary transforms shared by the bundles (``_target_: common.transforms.<Name>``).
+
+CT (:mod:`common.transforms.ct`): ``LoadCTd``, ``LoadLabelVolumed``, ``HUWindowd``.
+Radiographs (:mod:`common.transforms.radiograph`): ``LoadRadiographd``, ``LetterboxResized``.
+OCT (:mod:`common.transforms.oct`): ``LoadOCTd``, ``OCTNormalized``.
+EHR (:mod:`common.transforms.ehr`): ``FeatureSpec``, ``EHRVectord``, ``read_ehr_csv``.
+
+Orientation and resampling use MONAI's own ``Orientationd(axcodes="RAS")`` and ``Spacingd``.
+Every loader raises :class:`common.errors.InputDataError` naming the file for input it cannot use.
+"""
+
+from common.transforms.ct import (
+    HUWindowd,
+    LoadCTd,
+    LoadLabelVolumed,
+    check_hu_values,
+    load_ct,
+    load_label_volume,
+)
+from common.transforms.ehr import EHRVectord, Feature, FeatureSpec, parse_value, read_ehr_csv
+from common.transforms.oct import LoadOCTd, OCTNormalized, load_oct
+from common.transforms.radiograph import (
+    LetterboxResized,
+    LoadRadiographd,
+    letterbox_to_original,
+    load_radiograph,
+)
+
+__all__ = [
+    "EHRVectord",
+    "Feature",
+    "FeatureSpec",
+    "HUWindowd",
+    "LetterboxResized",
+    "LoadCTd",
+    "LoadLabelVolumed",
+    "LoadOCTd",
+    "LoadRadiographd",
+    "OCTNormalized",
+    "check_hu_values",
+    "letterbox_to_original",
+    "load_ct",
+    "load_label_volume",
+    "load_oct",
+    "load_radiograph",
+    "parse_value",
+    "read_ehr_csv",
+]
