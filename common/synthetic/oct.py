@@ -1,0 +1,453 @@
+"""Synthetic retinal OCT B-scans (CNV, DME, DRUSEN, NORMAL) in the Kermany OCT2017 layout.
+
+The retina is a stack of layers between boundary curves across the scan (ILM, RNFL, GCL, IPL, INL,
+OPL, ONL, ELM, myoid zone, ellipsoid zone, interdigitation zone, RPE, Bruch's membrane, choroid,
+sclera). Layer thicknesses follow the macula's anatomy as a function of the distance from the fovea
+(inner layers displaced from a foveal pit, outer nuclear layer thickest at the fovea, a nasal-temporal
+asymmetry of the nerve fibre layer), on top of a tilted and curved RPE. Disease changes the geometry
+before the image is formed:
+
+* **DRUSEN**: dome-shaped deposits between the RPE and Bruch's membrane lift the RPE and the outer
+  retina (the lesion mask is the deposit).
+* **CNV**: a hyperreflective fibrovascular lesion at and above the RPE, which it breaks through, with
+  a dome of dark sub-retinal fluid that detaches the neurosensory retina, sometimes a pigment-epithelial
+  detachment (the mask is lesion + fluid).
+* **DME**: a thickened retina (inner and outer nuclear and plexiform layers swell, the foveal pit fills
+  in) with dark cystoid fluid spaces in the INL and OPL/ONL, hyperreflective foci, sometimes a shallow
+  sub-retinal fluid (the mask is the fluid).
+
+Image formation: per pixel reflectivity, round-trip attenuation along each A-scan (so dense lesions
+shadow the choroid), the depth roll-off of spectral-domain OCT, lateral vignetting, spatially
+correlated multiplicative speckle (the squared magnitude of a smoothed complex Gaussian field, averaged
+over a few looks like frame averaging does), an additive noise floor and a logarithmic display.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
+from common.synthetic.config import load_config, merge_config, write_dataset_yaml
+
+__all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
+
+CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "image_size": [224, 224],  # (rows, columns) of each B-scan
+    "splits": {
+        # B-scans per class (CNV, DME, DRUSEN, NORMAL) in each split
+        "train": {"CNV": 24, "DME": 24, "DRUSEN": 24, "NORMAL": 24},
+        "test": {"CNV": 6, "DME": 6, "DRUSEN": 6, "NORMAL": 6},
+    },
+    "scans_per_patient": [1, 4],  # inclusive range of B-scans per patient (the name's last number)
+    "jpeg_quality": 90,
+    "write_masks": True,
+    "num_workers": 1,  # processes rendering in parallel (the files are identical for any value)
+    "render": {
+        "scan_width_mm": [5.5, 6.5],  # lateral extent of the B-scan
+        "depth_um": [1000.0, 1400.0],  # axial extent shown in the image
+        "rpe_depth_fraction": [0.55, 0.72],  # where the RPE sits at the scan centre, fraction of the height
+        "tilt_deg": [-4.0, 4.0],  # tilt of the retina across the scan
+        "curvature": [-0.5, 2.0],  # RPE bow, um per mm^2 x 10 (positive: the edges rise)
+        "fovea_offset_mm": [-0.6, 0.6],
+        "thickness_scale": [0.9, 1.1],  # individual variation of retinal thickness
+        "speckle_looks": [1, 3],  # frames averaged (fewer looks = grainier)
+        "speckle_grain_px": [0.6, 1.0],  # speckle correlation length (rows; columns are 1.6x)
+        "noise_floor": [0.001, 0.004],
+        "dynamic_range_db": [38.0, 46.0],
+        "vignetting": [0.0, 0.5],  # fractional intensity loss at the lateral edges
+        "rolloff_um": [1500.0, 3000.0],  # 1/e depth of the SD-OCT sensitivity roll-off
+    },
+}
+
+# reflectivity of each layer (linear, before speckle), from the vitreous down to the sclera
+_LAYERS = (
+    ("vitreous", 0.004),
+    ("RNFL", 0.55),
+    ("GCL", 0.22),
+    ("IPL", 0.36),
+    ("INL", 0.11),
+    ("OPL", 0.34),
+    ("ONL", 0.06),
+    ("ELM", 0.30),
+    ("myoid", 0.08),
+    ("EZ", 0.72),
+    ("IZ", 0.30),
+    ("RPE", 0.90),
+    ("choroid", 0.42),
+    ("sclera", 0.22),
+)
+BOUNDARY_NAMES = (
+    "ILM",
+    "RNFL/GCL",
+    "GCL/IPL",
+    "IPL/INL",
+    "INL/OPL",
+    "OPL/ONL",
+    "ELM_top",
+    "ELM_bottom",
+    "EZ_top",
+    "EZ/IZ",
+    "RPE_top",
+    "Bruch",
+    "choroid/sclera",
+)
+
+
+def _u(rng: np.random.Generator, lo_hi: Any) -> float:
+    lo, hi = (float(v) for v in lo_hi)
+    return float(rng.uniform(lo, hi))
+
+
+def _dome(x: np.ndarray, center: float, half_width: float, height: float, power: float = 0.6) -> np.ndarray:
+    t = np.clip(1.0 - ((x - center) / half_width) ** 2, 0.0, None)
+    return height * t**power
+
+
+def _layer_thicknesses(r_mm: np.ndarray, nasal: np.ndarray, scale: float) -> dict[str, np.ndarray]:
+    """Thickness (um) of each layer above the RPE as a function of the distance from the fovea."""
+    pit = 1.0 - np.exp(-((r_mm / 0.55) ** 2))  # 0 at the foveola
+    decline = np.exp(-np.maximum(r_mm - 1.3, 0.0) / 2.5)
+    t = {
+        "RNFL": 4.0 + (18.0 + 28.0 * nasal) * (1.0 - np.exp(-((r_mm / 1.1) ** 2))),
+        "GCL": 2.0 + 50.0 * pit * decline,
+        "IPL": 4.0 + 36.0 * pit * (0.6 + 0.4 * decline),
+        "INL": 6.0 + 30.0 * pit,
+        "OPL": 12.0 + 18.0 * pit,
+        "ONL": 55.0 + 50.0 * np.exp(-((r_mm / 0.7) ** 2)),
+        "ELM": np.full_like(r_mm, 4.0),
+        "myoid": np.full_like(r_mm, 22.0) + 8.0 * np.exp(-((r_mm / 0.5) ** 2)),
+        "EZ": np.full_like(r_mm, 14.0),
+        "IZ": np.full_like(r_mm, 12.0),
+    }
+    return {k: v * scale for k, v in t.items()}
+
+
+def render_oct(
+    rng: np.random.Generator,
+    label: str = "NORMAL",
+    size: tuple[int, int] = (224, 224),
+    config: dict | None = None,
+) -> dict[str, Any]:
+    """Render one macular OCT B-scan.
+
+    Args:
+        rng: random generator (all randomness comes from it).
+        label: ``"CNV"``, ``"DME"``, ``"DRUSEN"`` or ``"NORMAL"``.
+        size: (rows, columns).
+        config: overrides of ``DEFAULT_CONFIG["render"]`` ranges.
+
+    Returns:
+        dict with ``image`` (H, W) uint8, ``lesion_mask`` (H, W) uint8 (0/1; empty for NORMAL),
+        ``boundaries`` (name -> (W,) row of each layer boundary, after the lesion has deformed it) and
+        ``label``.
+    """
+    if label not in CLASSES:
+        raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
+    cfg = merge_config(DEFAULT_CONFIG["render"], config, source="render config")
+    h, w = (int(s) for s in size)
+    width_mm = _u(rng, cfg["scan_width_mm"])
+    depth_um = _u(rng, cfg["depth_um"])
+    um_per_px = depth_um / h
+    x = np.linspace(-width_mm / 2, width_mm / 2, w)
+    fovea = _u(rng, cfg["fovea_offset_mm"])
+    r = np.abs(x - fovea)
+    # the nerve fibre layer thickens towards the optic disc (nasal side, either side of the image)
+    nasal_side = rng.choice([-1.0, 1.0])
+    nasal = np.clip(nasal_side * (x - fovea) / 3.0, 0.0, 1.0)
+    scale = _u(rng, cfg["thickness_scale"])
+    thick = _layer_thicknesses(r, nasal, scale)
+
+    # RPE top (um below the top of the image): tilt + bow + a gentle wobble
+    tilt = np.tan(np.deg2rad(_u(rng, cfg["tilt_deg"]))) * 1000.0  # um per mm
+    bow = _u(rng, cfg["curvature"]) * 10.0
+    wobble = ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 12) * 40.0
+    rpe_top = _u(rng, cfg["rpe_depth_fraction"]) * depth_um + tilt * x - bow * x**2 + wobble
+    rpe_thick = np.full(w, 22.0 * scale) + ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 30) * 3.0
+    choroid = 200.0 + 80.0 * np.exp(-(((x - fovea) / 3.0) ** 2)) + rng.normal(0, 30)
+
+    lesion_masks: list[np.ndarray] = []
+    rows = (np.arange(h, dtype=np.float32) + 0.5) * um_per_px  # depth of each row centre, um
+    yy = rows[:, None]
+
+    # ---- disease geometry (um) ----
+    bruch_lift = np.zeros(w)  # RPE lifted off Bruch's membrane (drusen, PED)
+    sub_retinal = np.zeros(w)  # neurosensory retina lifted off the RPE (fluid / CNV lesion)
+    drusen_height = np.zeros(w)
+    ped_height = np.zeros(w)
+    cnv_height = np.zeros(w)
+    srf_height = np.zeros(w)
+    swell = np.ones(w)  # thickening factor of the nuclear and plexiform layers (DME)
+    pit_fill = 0.0
+    if label == "DRUSEN":
+        n = int(rng.integers(1, 7))
+        for _ in range(n):
+            c = fovea + rng.normal(0, 0.9)
+            drusen_height += _dome(x, c, rng.uniform(0.12, 0.4), rng.uniform(20, 85), power=0.7)
+        drusen_height = np.minimum(drusen_height, 160.0)
+        bruch_lift = drusen_height
+    elif label == "CNV":
+        c = fovea + rng.normal(0, 0.4)
+        cnv_height = _dome(x, c, rng.uniform(0.4, 1.0), rng.uniform(40, 150), power=0.8)
+        cnv_height *= 1.0 + 0.25 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 40)
+        cnv_height = np.clip(cnv_height, 0, None)
+        if rng.random() < 0.85:
+            srf_height = _dome(
+                x, c + rng.normal(0, 0.3), rng.uniform(0.6, 1.8), rng.uniform(30, 160), power=0.9
+            )
+        if rng.random() < 0.35:
+            ped_height = _dome(
+                x, c + rng.normal(0, 0.2), rng.uniform(0.4, 0.9), rng.uniform(50, 180), power=0.7
+            )
+            bruch_lift = ped_height
+        sub_retinal = cnv_height + srf_height
+    elif label == "DME":
+        swell = 1.0 + rng.uniform(0.3, 1.0) * np.exp(-(((x - fovea) / rng.uniform(0.8, 1.8)) ** 2))
+        pit_fill = rng.uniform(0.4, 0.9)
+        if rng.random() < 0.3:
+            srf_height = _dome(
+                x, fovea + rng.normal(0, 0.2), rng.uniform(0.3, 0.9), rng.uniform(20, 90), power=0.9
+            )
+            sub_retinal = srf_height
+
+    if pit_fill:
+        fill = pit_fill * np.exp(-((r / 0.5) ** 2))
+        for k in ("GCL", "IPL", "INL", "OPL"):
+            thick[k] = thick[k] + fill * {"GCL": 30.0, "IPL": 25.0, "INL": 30.0, "OPL": 15.0}[k]
+    for k in ("INL", "OPL", "ONL"):
+        thick[k] = thick[k] * swell
+
+    # ---- boundaries, from the sclera upwards (um) ----
+    bruch = rpe_top + rpe_thick  # Bruch's membrane stays put; the RPE rides on the deposits
+    rpe_top_d = rpe_top - bruch_lift
+    # drusen and PED make the RPE's course undulate; the retina above follows but smooths it a bit
+    outer_base = rpe_top_d - sub_retinal
+    b: dict[str, np.ndarray] = {}
+    b["choroid/sclera"] = bruch + choroid
+    b["Bruch"] = bruch
+    b["RPE_top"] = rpe_top_d
+    cur = outer_base - thick["IZ"]
+    b["EZ/IZ"] = cur
+    cur = cur - thick["EZ"]
+    b["EZ_top"] = cur
+    cur = cur - thick["myoid"]
+    b["ELM_bottom"] = cur
+    cur = cur - thick["ELM"]
+    b["ELM_top"] = cur
+    smooth_lift = ndimage.gaussian_filter1d(cur, w / 40, mode="nearest")
+    cur = smooth_lift - thick["ONL"]
+    b["OPL/ONL"] = cur
+    cur = cur - thick["OPL"]
+    b["INL/OPL"] = cur
+    cur = cur - thick["INL"]
+    b["IPL/INL"] = cur
+    cur = cur - thick["IPL"]
+    b["GCL/IPL"] = cur
+    cur = cur - thick["GCL"]
+    b["RNFL/GCL"] = cur
+    cur = cur - thick["RNFL"]
+    b["ILM"] = cur
+    ordered = [b[name] for name in BOUNDARY_NAMES]
+
+    # ---- reflectivity with anti-aliased boundaries ----
+    refl = np.full((h, w), _LAYERS[0][1], dtype=np.float32)
+    yy_px = (yy / np.float32(um_per_px) + np.float32(0.5)).astype(np.float32)
+    for k, bound in enumerate(ordered):
+        step = yy_px - (bound / um_per_px).astype(np.float32)[None, :]
+        np.clip(step, 0.0, 1.0, out=step)
+        step *= np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1])
+        refl += step
+    # choroid: large dark vessel lumens in stroma (Haller's layer), a smooth texture elsewhere
+    choroid_band = (yy > bruch[None, :]) & (yy < b["choroid/sclera"][None, :])
+    vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (2.5, 5.0))
+    vessels /= vessels.std() + 1e-6
+    depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
+    lumen = (vessels > 0.6 - 0.5 * depth_in_choroid) & choroid_band
+    refl = np.where(lumen, np.float32(0.10), refl)
+    # gentle lateral texture in every layer (vessels, reflectivity variation)
+    refl *= (
+        1.0 + 0.15 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (1.0, 6.0)) * 3.0
+    )
+
+    # ---- lesions on top of the layers ----
+    if label == "DRUSEN":
+        m = (
+            (yy >= rpe_top_d[None, :] + rpe_thick[None, :] * 0.8)
+            & (yy < bruch[None, :])
+            & (drusen_height[None, :] > 2)
+        )
+        refl = np.where(m, np.float32(0.38), refl)
+        lesion_masks.append(m)
+    elif label == "CNV":
+        top = rpe_top_d - sub_retinal
+        # sub-retinal fluid under the detached retina, above the lesion
+        srf = (yy >= top[None, :]) & (yy < (rpe_top_d - cnv_height)[None, :]) & (srf_height[None, :] > 2)
+        refl = np.where(srf, np.float32(0.01), refl)
+        # the fibrovascular lesion sits on (and breaks through) the RPE
+        lesion_bottom = rpe_top_d + rpe_thick * rng.uniform(0.3, 1.0)
+        les = (
+            (yy >= (rpe_top_d - cnv_height)[None, :])
+            & (yy < lesion_bottom[None, :])
+            & (cnv_height[None, :] > 2)
+        )
+        tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 2.0) * 4.0
+        refl = np.where(les, np.clip(tex, 0.3, 1.0).astype(np.float32), refl)
+        ped = (yy >= (rpe_top_d + rpe_thick)[None, :]) & (yy < bruch[None, :]) & (ped_height[None, :] > 2)
+        refl = np.where(ped, np.float32(0.03), refl)
+        lesion_masks += [srf, les, ped]
+    elif label == "DME":
+        cysts = np.zeros((h, w), dtype=bool)
+        n = int(rng.integers(3, 14))
+        for _ in range(n):
+            cx = fovea + rng.normal(0, 0.7)
+            ci = int(np.clip(np.searchsorted(x, cx), 0, w - 1))
+            layer = rng.choice(["INL", "OPL", "ONL"], p=[0.4, 0.25, 0.35])
+            lo_b, hi_b = {
+                "INL": ("IPL/INL", "INL/OPL"),
+                "OPL": ("INL/OPL", "OPL/ONL"),
+                "ONL": ("OPL/ONL", "ELM_top"),
+            }[layer]
+            lo, hi = b[lo_b][ci], b[hi_b][ci]
+            cy = rng.uniform(lo, hi)
+            ry = max(rng.uniform(0.35, 0.7) * (hi - lo), 8.0)
+            rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
+            inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
+            cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
+        refl = np.where(cysts, np.float32(0.012), refl)
+        # hyperreflective foci (lipid exudates) in the outer plexiform layer
+        for _ in range(int(rng.integers(0, 6))):
+            ci = int(rng.integers(w // 6, 5 * w // 6))
+            ry_row = int(np.clip(b["OPL/ONL"][ci] / um_per_px, 0, h - 1))
+            refl[max(ry_row - 1, 0) : ry_row + 2, max(ci - 1, 0) : ci + 2] = 0.95
+        srf = (
+            (yy >= (rpe_top_d - srf_height)[None, :]) & (yy < rpe_top_d[None, :]) & (srf_height[None, :] > 2)
+        )
+        refl = np.where(srf, np.float32(0.01), refl)
+        lesion_masks += [cysts, srf]
+
+    # ---- image formation ----
+    refl = np.clip(refl, 0.0, 1.2)
+    mu = (0.0004 + 0.0035 * refl).astype(np.float32)  # attenuation per um, scattering tissue attenuates
+    mu[yy[:, 0] < 0] = 0
+    attenuation = np.exp(-2.0 * np.cumsum(mu, axis=0) * np.float32(um_per_px))
+    rolloff = np.exp(-rows / _u(rng, cfg["rolloff_um"]))[:, None]
+    xn = (np.arange(w) - (w - 1) / 2) / ((w - 1) / 2)
+    vignette = 1.0 - _u(rng, cfg["vignetting"]) * xn[None, :] ** 2
+    signal = refl * attenuation * rolloff * vignette
+    looks = int(rng.integers(int(cfg["speckle_looks"][0]), int(cfg["speckle_looks"][1]) + 1))
+    grain = _u(rng, cfg["speckle_grain_px"])
+    speckle = np.zeros((h, w), dtype=np.float32)
+    for _ in range(looks):
+        re = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
+        im = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
+        speckle += re * re + im * im
+    speckle /= speckle.mean()
+    floor = _u(rng, cfg["noise_floor"])
+    noise = rng.exponential(floor, (h, w)).astype(np.float32)
+    intensity = signal * speckle + noise
+    db = 10.0 * np.log10(np.maximum(intensity, 1e-8))
+    top = np.percentile(db, 99.7)
+    rng_db = _u(rng, cfg["dynamic_range_db"]) * 0.5  # intensity dB: half the amplitude range
+    image = np.clip((db - (top - rng_db)) / rng_db, 0.0, 1.0)
+    image = (image * 255.0 + 0.5).astype(np.uint8)
+
+    mask = np.zeros((h, w), dtype=np.uint8)
+    for m in lesion_masks:
+        mask |= m.astype(np.uint8)
+    return {
+        "image": image,
+        "lesion_mask": mask,
+        "boundaries": {
+            name: (bound / um_per_px).astype(np.float32) for name, bound in zip(BOUNDARY_NAMES, ordered)
+        },
+        "label": label,
+    }
+
+
+def _patients_for(rng: np.random.Generator, n_images: int, per_patient: Any) -> list[int]:
+    """Split ``n_images`` into per-patient B-scan counts."""
+    lo, hi = int(per_patient[0]), int(per_patient[1])
+    counts: list[int] = []
+    while sum(counts) < n_images:
+        counts.append(int(min(rng.integers(lo, hi + 1), n_images - sum(counts))))
+    return counts
+
+
+def _write_oct_job(args: tuple) -> None:
+    (out, size, render_cfg, quality, write_masks), (split, cls, pid, n), seed = args
+    sample = render_oct(np.random.default_rng(seed), cls, size=size, config=render_cfg)
+    rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
+    save_gray_jpeg(out / rel, sample["image"], quality=quality)
+    if write_masks:
+        save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+
+
+def generate_oct(
+    out_dir: str | os.PathLike, config: str | os.PathLike | dict | None = None, seed: int = 0
+) -> Path:
+    """Write a synthetic OCT data set in the Kermany OCT2017 layout.
+
+    ``OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg`` (e.g. ``CNV-1016042-1.jpeg``;
+    several B-scans per patient, a patient in one split only), lesion masks at
+    ``lesion_masks/OCT2017/<split>/<CLASS>/<same name>.png`` (0/255) and ``dataset.yaml``.
+
+    Args:
+        out_dir: output folder.
+        config: YAML path or dict overriding ``DEFAULT_CONFIG`` (see ``configs/oct.yaml``).
+        seed: random seed; the same seed gives identical files.
+
+    Returns:
+        the output folder.
+    """
+    cfg = load_config(DEFAULT_CONFIG, config)
+    out = Path(out_dir)
+    size = tuple(int(s) for s in cfg["image_size"])
+    rng = np.random.default_rng(seed)
+    used_ids: set[int] = set()
+    jobs: list[tuple[str, str, int, int]] = []
+    patients: dict[str, dict[str, int]] = {}
+    for split, per_class in cfg["splits"].items():
+        patients[split] = {}
+        for cls in CLASSES:
+            n_images = int(per_class.get(cls, 0))
+            counts = _patients_for(rng, n_images, cfg["scans_per_patient"])
+            patients[split][cls] = len(counts)
+            for count in counts:
+                pid = int(rng.integers(1_000_000, 10_000_000))
+                while pid in used_ids:
+                    pid = int(rng.integers(1_000_000, 10_000_000))
+                used_ids.add(pid)
+                for n in range(1, count + 1):
+                    jobs.append((split, cls, pid, n))
+    seeds = rng.integers(0, 2**63 - 1, size=len(jobs))
+    task = (out, size, cfg["render"], int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
+    parallel_map(
+        _write_oct_job, [(task, job, int(s)) for job, s in zip(jobs, seeds)], cfg["num_workers"], "oct"
+    )
+    counts_out: dict[str, dict[str, int]] = {s: dict.fromkeys(CLASSES, 0) for s in cfg["splits"]}
+    for split, cls, _, _ in jobs:
+        counts_out[split][cls] += 1
+    write_dataset_yaml(
+        out,
+        {
+            "name": "synthetic_oct2017",
+            "layout": "Kermany OCT2017: OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg",
+            "generator": "common.synthetic.oct:generate_oct",
+            "seed": int(seed),
+            "classes": list(CLASSES),
+            "counts": counts_out,
+            "patients": patients,
+            "image_size": list(size),
+            "lesion_masks": "lesion_masks/<image path>.png (255 = lesion: CNV lesion + fluid, DME fluid, drusen)"
+            if cfg["write_masks"]
+            else None,
+            "config": {k: v for k, v in cfg.items() if k != "num_workers"},  # files do not depend on it
+        },
+    )
+    return out
