@@ -133,3 +133,27 @@ def test_summarise_skips_undefined_values():
 )
 def test_case_name(path, name):
     assert case_name(path) == name
+
+
+@pytest.mark.parametrize("lps_order", [False, True])
+def test_overlays_are_radiological(tmp_path, lps_order):
+    """Patient's right on the viewer's left, anterior at the top, superior at the top."""
+    from common.segmentation.report import overlay_slices, plot_overlays
+
+    label = np.zeros((20, 16, 12), np.uint8)
+    label[12:18, 2:14, 2:10] = 1  # right lung: high first index in RAS
+    label[2:8, 2:14, 2:10] = 2
+    label[2:8, 12:14, 2:10] = 3  # marker: anterior part of the left lung
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    if lps_order:
+        label = label[::-1, ::-1].copy()
+        affine = np.array([[-2.0, 0, 0, 38], [0, -2.0, 0, 30], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    views = overlay_slices(label.astype(np.float32), label, label, affine)
+    axial = views["axial"][1]
+    cols = axial.shape[1]
+    assert (axial[:, : cols // 2] == 1).any() and not (axial[:, : cols // 2] == 2).any()
+    rows_with_marker = np.nonzero((axial == 3).any(axis=1))[0]
+    assert rows_with_marker.max() < axial.shape[0] // 2  # anterior at the top
+    assert views["aspect"]["coronal"] == pytest.approx(1.5)
+    path = plot_overlays(tmp_path / "o.png", [("case", views)])
+    assert path.stat().st_size > 1000

@@ -82,8 +82,9 @@ def overlay_slices(
     centre = [int(np.mean(np.nonzero(lungs.any(axis=tuple(a for a in range(3) if a != ax)))[0])) if lungs.any()
               else s // 2 for ax, s in enumerate(lungs.shape)]
     # rows anterior->posterior / superior->inferior, columns patient right on the viewer's left (radiological)
-    axial = [np.flipud(v[:, :, centre[2]].T) for v in (img_r, pred_r, ref_r)]
-    coronal = [np.flipud(v[:, centre[1], :].T) for v in (img_r, pred_r, ref_r)]
+    # RAS arrays: the first axis points to the patient's right, so both axes of the slice are flipped
+    axial = [np.flip(v[:, :, centre[2]].T, axis=(0, 1)) for v in (img_r, pred_r, ref_r)]
+    coronal = [np.flip(v[:, centre[1], :].T, axis=(0, 1)) for v in (img_r, pred_r, ref_r)]
     return {
         "axial": axial,
         "coronal": coronal,
