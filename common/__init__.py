@@ -11,3 +11,9 @@ Sub-packages:
 """
 
 __version__ = "0.1.0"
+
+# Patient identifiers must never reach a log: redact them from every log record of any process that
+# uses this package (bundle configs always do). See common.logging_utils.
+from common.logging_utils import install_phi_redaction as _install_phi_redaction  # noqa: E402
+
+_install_phi_redaction()

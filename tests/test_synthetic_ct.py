@@ -285,24 +285,27 @@ def test_lung_ct_dicom_matches_nifti(lung_sets):
     assert np.array_equal(vol, np.asarray(image.dataobj).astype(np.float64))
 
 
-def test_lung_ct_dicom_through_loadctd(lung_sets):
-    transforms = pytest.importorskip("common.transforms", reason="common.transforms (helper 'transforms') not merged yet")
-    if not hasattr(transforms, "LoadCTd"):
-        pytest.skip("common.transforms.LoadCTd not merged yet")
+def test_lung_ct_dicom_and_mhd_through_loadctd(lung_sets):
     from monai.transforms import Orientation
+
+    from common import transforms
 
     root = lung_sets[0]
     import json
 
     test_item = json.loads((root / "dataset.json").read_text())["testing"][0]
     case = Path(test_item["image"]).name.removesuffix(".nii.gz")
-    loader = transforms.LoadCTd(keys=["dicom", "nifti"])
-    data = loader({"dicom": str(root / "dicom" / case), "nifti": str(root / test_item["image"])})
+    loader = transforms.LoadCTd(keys=["dicom", "nifti", "mhd"])
+    data = loader({"dicom": str(root / "dicom" / case), "nifti": str(root / test_item["image"]),
+                   "mhd": str(root / "mhd" / f"{case}.mhd")})
     to_ras = Orientation(axcodes="RAS")
-    from_dicom, from_nifti = to_ras(data["dicom"]), to_ras(data["nifti"])
-    assert from_dicom.shape == from_nifti.shape
-    assert np.allclose(np.asarray(from_dicom.affine), np.asarray(from_nifti.affine), atol=1e-3)
-    assert np.array_equal(np.asarray(from_dicom), np.asarray(from_nifti))
+    from_nifti = to_ras(data["nifti"])
+    assert from_nifti.shape[0] == 1 and np.asarray(from_nifti).min() >= -1024
+    for other in ("dicom", "mhd"):
+        volume = to_ras(data[other])
+        assert volume.shape == from_nifti.shape
+        assert np.allclose(np.asarray(volume.affine), np.asarray(from_nifti.affine), atol=1e-3)
+        assert np.array_equal(np.asarray(volume), np.asarray(from_nifti))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,3 +463,14 @@ def test_make_synthetic_cli_with_yaml_config(tmp_path):
     description = yaml.safe_load((out / "dataset.yaml").read_text())
     assert description["seed"] == 4 and description["config"]["phantom"]["matrix"] == 32
     assert len(list((out / "imagesTs").glob("*.nii.gz"))) == 1
+
+
+def test_parallel_workers_give_identical_files(tmp_path):
+    cfg = {"num_train": 2, "num_val": 0, "num_test": 1, "dicom_cases": "all", "phantom": {"matrix": 32, "slice_spacing_mm": [8.0, 8.0]}}
+    serial = generate_lung_ct(tmp_path / "serial", config=cfg, seed=6)
+    parallel = generate_lung_ct(tmp_path / "parallel", config={**cfg, "num_workers": 2}, seed=6)
+    files = _all_files(serial)
+    assert files == _all_files(parallel) and len(files) > 10
+    _, mismatch, errors = filecmp.cmpfiles(serial, parallel, [str(p) for p in files], shallow=False)
+    # dataset.yaml records num_workers, everything else is byte-identical
+    assert mismatch == ["dataset.yaml"] and errors == []

@@ -65,7 +65,8 @@ def ct_montage(path: str | os.PathLike, seed: int = 0, n_scans: int = 3, phantom
             (_coronal(lab, j_mid), "lung label: 1 right (teal), 2 left (yellow)", sz / sx),
         ]
         for ax, (image, title, aspect) in zip(axes[row], views):
-            ax.imshow(image, cmap="gray" if image.dtype != np.uint8 else "viridis", aspect=aspect, interpolation="nearest")
+            gray = image.dtype != np.uint8
+            ax.imshow(image, cmap="gray" if gray else "viridis", vmin=0.0, vmax=1.0 if gray else 2.0, aspect=aspect, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         p = ph.params
@@ -121,7 +122,7 @@ def nodule_montage(path: str | os.PathLike, seed: int = 0, n_nodules: int = 12) 
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (crop, n) in zip(axes.ravel(), crops[:n_nodules]):
-        ax.imshow(_window(crop), cmap="gray", interpolation="nearest")
+        ax.imshow(_window(crop), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(f"{n.kind.replace('_', '-')}, {n.margin}\n{n.diameter_mm:.1f} mm, malignancy {n.malignancy}", fontsize=8)
     fig.suptitle("Synthetic nodules (40 mm crops, lung window)", fontsize=11)
     fig.tight_layout()
@@ -132,6 +133,6 @@ def nodule_montage(path: str | os.PathLike, seed: int = 0, n_nodules: int = 12) 
 
 
 def write_previews(out_dir: str | os.PathLike = "docs/images", seed: int = 0) -> list[Path]:
-    """Write ``synthetic_ct.png`` and ``synthetic_nodules.png`` into ``out_dir``."""
+    """Write ``ct_phantoms.png`` and ``ct_nodules.png`` into ``out_dir``."""
     out = Path(out_dir)
-    return [ct_montage(out / "synthetic_ct.png", seed=seed), nodule_montage(out / "synthetic_nodules.png", seed=seed)]
+    return [ct_montage(out / "ct_phantoms.png", seed=seed), nodule_montage(out / "ct_nodules.png", seed=seed)]

@@ -142,7 +142,8 @@ class _Shape:
     def __init__(self, rng: np.random.Generator, radius: float, margin: str, kind: str) -> None:
         self.radius = radius
         self.rotation = _random_rotation(rng)
-        self.axes = np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.75, 1.0)])
+        axes = np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.75, 1.0)])
+        self.axes = axes / np.prod(axes) ** (1.0 / 3.0)  # elongated, same volume as the sphere of `radius`
         n_lobes = {"round": 4, "lobulated": int(rng.integers(3, 7)), "spiculated": int(rng.integers(3, 6))}[margin]
         amp = {"round": (0.02, 0.06), "lobulated": (0.15, 0.35), "spiculated": (0.08, 0.2)}[margin]
         self.lobe_dirs = _unit(rng.normal(size=(n_lobes, 3)))

@@ -1,0 +1,191 @@
+"""Helpers bundle configs call: fine-tuning from an initial checkpoint, freezing layers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from common.errors import InputDataError
+
+logger = logging.getLogger(__name__)
+
+# keys under which trainers (MONAI CheckpointSaver, Lightning, plain scripts) store the model weights
+_STATE_KEYS = ("model", "state_dict", "network", "net")
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    # DistributedDataParallel / DataParallel keep the real network in `.module`
+    return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's weights (``torch.load(weights_only=True)``), whatever container holds them.
+
+    Accepts a plain state dict, ``{"model": state_dict}``, ``{"state_dict": ...}``, ``{"network": ...}``,
+    and strips a ``module.`` prefix (weights saved from DistributedDataParallel).
+
+    Raises:
+        InputDataError: the file is missing, unreadable, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "initial checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, non-weights objects refused by weights_only
+        raise InputDataError(path, f"cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(obj, Mapping):
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise InputDataError(path, f"holds a {type(obj).__name__}, not a state dict")
+    state = {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise InputDataError(path, "holds no tensors")
+    return state
+
+
+def load_initial_weights(
+    network: torch.nn.Module, path: str | os.PathLike | None, min_matched_fraction: float = 0.5
+) -> torch.nn.Module:
+    """Load the weights of ``path`` whose name and shape match ``network``; leave the rest as initialised.
+
+    This is how a bundle fine-tunes: a head trained for another number of classes has another shape,
+    so it keeps its fresh initialisation while the backbone is loaded. Everything not loaded is logged.
+
+    Args:
+        network: the freshly built network (possibly already on its device).
+        path: checkpoint file; ``""`` or ``None`` does nothing (train from scratch).
+        min_matched_fraction: refuse a checkpoint that fills less than this fraction of the network's
+            tensors: it was almost certainly made for another network.
+
+    Returns:
+        ``network`` (so a config can write ``network: "$common.bundle_utils.load_initial_weights(...)"``).
+
+    Raises:
+        InputDataError: the checkpoint is missing, unreadable, or fits too little of the network.
+    """
+    if path is None or str(path) == "":
+        return network
+    target = _unwrap(network)
+    state = read_state_dict(path)
+    own = target.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reinitialised = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state)
+    if len(matched) < min_matched_fraction * len(own):
+        raise InputDataError(
+            path,
+            f"fits only {len(matched)} of the network's {len(own)} tensors (by name and shape); "
+            "it was made for another network",
+        )
+    target.load_state_dict(matched, strict=False)
+    logger.info("initial weights from %s: loaded %d of %d tensors", Path(path).name, len(matched), len(own))
+    for key in reinitialised:
+        logger.warning(
+            "re-initialised %s: checkpoint shape %s, network shape %s",
+            key, tuple(state[key].shape), tuple(own[key].shape),
+        )
+    if missing:
+        logger.warning("not in the checkpoint, left as initialised: %s", ", ".join(missing))
+    if unexpected:
+        logger.warning("in the checkpoint but not in the network, ignored: %s", ", ".join(unexpected))
+    return network
+
+
+def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> torch.nn.Module:
+    """Stop gradients for every parameter except those whose name starts with one of ``trainable``.
+
+    Batch-norm running statistics still update in ``train()`` mode; put such layers in ``eval()`` if
+    they must stay fixed too.
+
+    Args:
+        network: the network.
+        trainable: parameter-name prefixes that keep training, e.g. ``("class_layers",)``; empty freezes all.
+
+    Returns:
+        ``network``.
+
+    Raises:
+        ValueError: a prefix matches no parameter (a typo would otherwise freeze everything silently).
+    """
+    prefixes = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+    target = _unwrap(network)
+    names = [n for n, _ in target.named_parameters()]
+    unused = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unused:
+        raise ValueError(f"freeze: no parameter names start with {unused}; e.g. {names[:5]}")
+    n_trainable = 0
+    for name, param in target.named_parameters():
+        param.requires_grad = any(name.startswith(p) for p in prefixes)
+        n_trainable += int(param.requires_grad)
+    logger.info("freeze: %d of %d parameter tensors stay trainable (%s)", n_trainable, len(names), prefixes)
+    return network
+
+
+class MetricsReport:
+    """Ignite handler that writes an evaluator's metrics to a JSON report when the run completes.
+
+    The report holds every metric in ``engine.state.metrics``, the per-case values of metrics computed
+    with ``save_details`` (e.g. ``MeanDice``), keyed by the case's file name, and the number of cases.
+    Written atomically, so a crash never leaves a half-written report.
+
+    Args:
+        output_file: the JSON file to write.
+        case_key: batch key whose MetaTensor ``filename_or_obj`` names each case (e.g. ``"image"``);
+            ``None`` numbers the cases instead.
+        extra: constant entries to add (model version, data set name, ...).
+    """
+
+    def __init__(self, output_file: str | os.PathLike, case_key: str | None = "image", extra: Mapping | None = None) -> None:
+        self.output_file = Path(output_file)
+        self.case_key = case_key
+        self.extra = dict(extra or {})
+        self._cases: list[str] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_names)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _reset(self, engine) -> None:
+        self._cases = []
+
+    def _collect_names(self, engine) -> None:
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            value = item.get(self.case_key) if (self.case_key and isinstance(item, Mapping)) else None
+            meta = getattr(value, "meta", {}) or {}
+            name = meta.get("filename_or_obj")
+            self._cases.append(Path(str(name)).name if name else f"case_{len(self._cases)}")
+
+    def __call__(self, engine) -> None:
+        from common.io.atomic import atomic_write_json
+
+        def _number(value):
+            value = value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1 else value
+            return value.tolist() if hasattr(value, "tolist") else value
+
+        per_case = {}
+        for name, details in (getattr(engine.state, "metric_details", None) or {}).items():
+            rows = details.detach().cpu().tolist() if hasattr(details, "detach") else list(details)
+            names = self._cases if len(self._cases) == len(rows) else [f"case_{i}" for i in range(len(rows))]
+            per_case[name] = dict(zip(names, rows))
+        report = {
+            "metrics": {k: _number(v) for k, v in engine.state.metrics.items()},
+            "per_case": per_case,
+            "num_cases": len(self._cases),
+            **self.extra,
+        }
+        atomic_write_json(self.output_file, report)
+        logger.info("metrics report written to %s", self.output_file)

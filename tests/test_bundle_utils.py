@@ -1,0 +1,135 @@
+"""common.bundle_utils: fine-tuning from an initial checkpoint, freezing, the JSON metrics report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from common.bundle_utils import MetricsReport, freeze, load_initial_weights, read_state_dict
+from common.errors import InputDataError
+
+
+def _unet(out_channels: int = 2, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, channels=(4, 8), strides=(2,), num_res_units=1)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("container", ["plain", "model", "state_dict", "ddp"])
+def test_loads_every_checkpoint_container(tmp_path, container):
+    source = _unet(seed=1)
+    state = source.state_dict()
+    obj = {
+        "plain": state,
+        "model": {"model": state, "optimizer": {"lr": torch.tensor(0.1)}},
+        "state_dict": {"state_dict": state, "epoch": 3},
+        "ddp": {f"module.{k}": v for k, v in state.items()},
+    }[container]
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    target = _unet(seed=2)
+    assert not _same(source, target)
+    assert load_initial_weights(target, path) is target
+    assert _same(source, target)
+
+
+def test_head_of_another_class_count_is_reinitialised_and_logged(tmp_path, caplog):
+    source = _unet(out_channels=2, seed=1)
+    path = tmp_path / "two_classes.pt"
+    torch.save(source.state_dict(), path)
+    target = _unet(out_channels=3, seed=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="common.bundle_utils"):
+        load_initial_weights(target, path)
+    src, tgt = source.state_dict(), target.state_dict()
+    mismatched = [k for k in tgt if tgt[k].shape != src[k].shape]
+    assert mismatched, "the 3-class head must differ in shape"
+    for key in tgt:
+        if key in mismatched:
+            assert torch.equal(tgt[key], before[key]), f"{key} must keep its fresh initialisation"
+        else:
+            assert torch.equal(tgt[key], src[key]), f"{key} must be loaded"
+    logged = caplog.text
+    assert "re-initialised" in logged
+    for key in mismatched:
+        assert key in logged
+
+
+@pytest.mark.parametrize("path", ["", None])
+def test_empty_path_does_nothing(path):
+    net = _unet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    load_initial_weights(net, path)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_bad_checkpoints_raise_input_data_error(tmp_path):
+    with pytest.raises(InputDataError, match="not found"):
+        load_initial_weights(_unet(), tmp_path / "missing.pt")
+
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(InputDataError, match="notes.pt"):
+        load_initial_weights(_unet(), text)
+
+    # weights_only=True refuses arbitrary pickled objects
+    evil = tmp_path / "object.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": logging.getLogger("x")}, f)
+    with pytest.raises(InputDataError):
+        read_state_dict(evil)
+
+    other = tmp_path / "other_net.pt"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), other)
+    with pytest.raises(InputDataError, match="another network"):
+        load_initial_weights(_unet(), other)
+
+
+def test_freeze_keeps_only_the_named_prefixes_trainable():
+    net = _unet()
+    names = [n for n, _ in net.named_parameters()]
+    head_prefix = names[-1].rsplit(".", 1)[0]
+    freeze(net, trainable=(head_prefix,))
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(head_prefix) for n in trainable)
+    assert len(trainable) < len(names)
+    freeze(net)
+    assert not any(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="no parameter names start with"):
+        freeze(net, trainable=("no_such_layer",))
+
+
+def test_metrics_report_writes_metrics_and_per_case_values(tmp_path):
+    from ignite.engine import Engine, Events
+    from monai.data import MetaTensor
+
+    cases = [{"image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"/data/case{i}.nii.gz"})} for i in range(3)]
+
+    def step(engine, batch):
+        return batch
+
+    engine = Engine(step)
+    engine.state.metric_details = {}
+
+    @engine.on(Events.COMPLETED)
+    def _metrics(e):
+        e.state.metrics = {"val_mean_dice": torch.tensor(0.75)}
+        e.state.metric_details = {"val_mean_dice": torch.tensor([[0.5], [0.75], [1.0]])}
+
+    report = MetricsReport(tmp_path / "eval" / "metrics.json", extra={"model_version": "0.1.0"})
+    report.attach(engine)
+    engine.run([[c] for c in cases], max_epochs=1)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["metrics"] == {"val_mean_dice": 0.75}
+    assert written["num_cases"] == 3
+    assert written["per_case"]["val_mean_dice"] == {"case0.nii.gz": [0.5], "case1.nii.gz": [0.75], "case2.nii.gz": [1.0]}
+    assert written["model_version"] == "0.1.0"
