@@ -50,7 +50,8 @@ def data(tmp_path_factory) -> Path:
     from common.synthetic.ct_phantom import generate_lung_ct
 
     out = tmp_path_factory.mktemp("lung_ct")
-    generate_lung_ct(out, {"num_train": 2, "num_val": 1, "num_test": 1, "write_mhd": False}, seed=0)
+    # two validation cases: one per rank in the torchrun test
+    generate_lung_ct(out, {"num_train": 2, "num_val": 2, "num_test": 1, "write_mhd": False}, seed=0)
     return out
 
 
@@ -68,8 +69,8 @@ def trained(data, tmp_path_factory) -> Path:
 def case_folder(data, tmp_path_factory) -> Path:
     """The test scan as NIfTI and as a DICOM series, an unreadable file and a 2D image."""
     folder = tmp_path_factory.mktemp("scans")
-    shutil.copy(data / "imagesTs" / "lung_004.nii.gz", folder / "lung_004.nii.gz")
-    shutil.copytree(data / "dicom" / "lung_004", folder / "lung_004_dicom")
+    shutil.copy(data / "imagesTs" / "lung_005.nii.gz", folder / "lung_005.nii.gz")
+    shutil.copytree(data / "dicom" / "lung_005", folder / "lung_005_dicom")
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     return folder
 
@@ -111,13 +112,13 @@ def test_fine_tuning_starts_from_initial_ckpt(trained, data, tmp_path):
 def test_evaluate_writes_report(trained, data, tmp_path):
     run_workflow(
         [CONFIGS / "train.yaml", CONFIGS / "evaluate.yaml"], "train", dataset_dir=str(data),
-        ckpt_path=str(trained), eval_dir=str(tmp_path / "eval"), **FAST_TRAIN,
+        ckpt_path=str(trained), output_dir=str(tmp_path / "eval"), **FAST_TRAIN,
     )
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["n_cases"] == 1
     case = report["cases"][0]
-    assert case["case"] == "lung_004"
-    label = nib.load(str(data / "labelsTs" / "lung_004.nii.gz"))
+    assert case["case"] == "lung_005"
+    label = nib.load(str(data / "labelsTs" / "lung_005.nii.gz"))
     assert np.allclose(case["spacing_mm"], nib.affines.voxel_sizes(label.affine), atol=1e-3)
     for structure in ("right_lung", "left_lung", "both_lungs"):
         metrics = case["metrics"][structure]
@@ -131,10 +132,10 @@ def test_evaluate_writes_report(trained, data, tmp_path):
 
 def test_inference_on_nifti_and_dicom_with_a_bad_case(pytorch_masks, case_folder, caplog):
     written = sorted(p.name for p in pytorch_masks.iterdir())
-    assert written == ["lung_004_dicom_seg.nii.gz", "lung_004_seg.nii.gz"]  # the broken file was skipped
-    source = nib.load(str(case_folder / "lung_004.nii.gz"))
-    nifti_mask = nib.load(str(pytorch_masks / "lung_004_seg.nii.gz"))
-    dicom_mask = nib.load(str(pytorch_masks / "lung_004_dicom_seg.nii.gz"))
+    assert written == ["lung_005_dicom_seg.nii.gz", "lung_005_seg.nii.gz"]  # the broken file was skipped
+    source = nib.load(str(case_folder / "lung_005.nii.gz"))
+    nifti_mask = nib.load(str(pytorch_masks / "lung_005_seg.nii.gz"))
+    dicom_mask = nib.load(str(pytorch_masks / "lung_005_dicom_seg.nii.gz"))
     assert nifti_mask.shape == source.shape
     assert np.allclose(nifti_mask.affine, source.affine, atol=1e-4)
     assert nifti_mask.get_data_dtype() == np.uint8
@@ -177,14 +178,14 @@ def test_onnx_export_and_inference_match_pytorch(trained, case_folder, pytorch_m
     export_bundle(str(BUNDLE), checkpoint=str(trained), output=str(onnx_path))
     nifti_only = tmp_path / "scans"
     nifti_only.mkdir()
-    shutil.copy(case_folder / "lung_004.nii.gz", nifti_only)
+    shutil.copy(case_folder / "lung_005.nii.gz", nifti_only)
     out = tmp_path / "out"
     run_workflow(
         [CONFIGS / "inference.yaml", CONFIGS / "inference_onnx.yaml"], "infer", dataset_dir=str(nifti_only),
         output_dir=str(out), onnx_path=str(onnx_path), **FAST,
     )
-    onnx_mask = np.asarray(nib.load(str(out / "lung_004_seg.nii.gz")).dataobj)
-    torch_mask = np.asarray(nib.load(str(pytorch_masks / "lung_004_seg.nii.gz")).dataobj)
+    onnx_mask = np.asarray(nib.load(str(out / "lung_005_seg.nii.gz")).dataobj)
+    torch_mask = np.asarray(nib.load(str(pytorch_masks / "lung_005_seg.nii.gz")).dataobj)
     assert onnx_mask.shape == torch_mask.shape
     assert (onnx_mask == torch_mask).mean() > 0.999
 
