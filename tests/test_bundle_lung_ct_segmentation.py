@@ -109,21 +109,34 @@ def test_fine_tuning_starts_from_initial_ckpt(trained, data, tmp_path):
         assert torch.equal(value.cpu(), state[name])
 
 
-def test_evaluate_writes_report(trained, data, tmp_path):
+def test_evaluate_writes_report_and_accepts_binary_labels(trained, data, tmp_path):
+    """The test scan scored twice: against its right/left label and against a binary (0/255) copy."""
+    label_path = data / "labelsTs" / "lung_005.nii.gz"
+    label = nib.load(str(label_path))
+    binary_path = tmp_path / "lung_005_binary.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.uint8) * 255, label.affine), binary_path)
+    index = json.loads((data / "dataset.json").read_text())
+    index = {key: [{k: str(data / v) for k, v in item.items()} for item in index[key]] for key in ("training", "validation")}
+    image = str(data / "imagesTs" / "lung_005.nii.gz")
+    index["testing"] = [{"image": image, "label": str(label_path)}, {"image": image, "label": str(binary_path)}]
+    (tmp_path / "dataset.json").write_text(json.dumps(index))
+
     run_workflow(
-        [CONFIGS / "train.yaml", CONFIGS / "evaluate.yaml"], "train", dataset_dir=str(data),
+        [CONFIGS / "train.yaml", CONFIGS / "evaluate.yaml"], "train", dataset_dir=str(tmp_path),
         ckpt_path=str(trained), output_dir=str(tmp_path / "eval"), **FAST_TRAIN,
     )
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert report["n_cases"] == 1
-    case = report["cases"][0]
-    assert case["case"] == "lung_005"
-    label = nib.load(str(data / "labelsTs" / "lung_005.nii.gz"))
-    assert np.allclose(case["spacing_mm"], nib.affines.voxel_sizes(label.affine), atol=1e-3)
+    assert report["n_cases"] == 2
+    lr_case, binary_case = report["cases"]
+    assert lr_case["case"] == "lung_005" and not lr_case["label_split_from_binary"]
+    assert binary_case["label_split_from_binary"]
+    assert np.allclose(lr_case["spacing_mm"], nib.affines.voxel_sizes(label.affine), atol=1e-3)
     for structure in ("right_lung", "left_lung", "both_lungs"):
-        metrics = case["metrics"][structure]
+        metrics = lr_case["metrics"][structure]
         assert metrics["volume_ref_ml"] > 100.0  # the reference lungs were read on their own grid
         assert metrics["dice"] is None or 0.0 <= metrics["dice"] <= 1.0
+        # the synthetic lungs are apart, so splitting the binary mask recovers the same reference
+        assert binary_case["metrics"][structure] == pytest.approx(metrics, nan_ok=True)
     for key in ("dice", "dice_right_lung", "dice_left_lung", "dice_both_lungs", "hd95_mm_both_lungs",
                 "volume_diff_ml_right_lung"):
         assert key in report["mean"]
