@@ -1,0 +1,36 @@
+"""Nodule detection on chest CT: MONAI's 3D RetinaNet with a malignancy head, and what the
+``lung_nodule_ct_detection`` bundle's configs call around it.
+
+- ``network``: ``build_nodule_retinanet`` (narrow ResNet-FPN RetinaNet + malignancy head), ``FlatHeadOutputs``
+  (ONNX export wrapper) and ``HeadOutputsDict`` (ONNX session -> RetinaNet's dict).
+- ``detector``: ``NoduleDetector`` (MONAI ``RetinaNetDetector`` + malignancy loss and probabilities).
+- ``transforms``: ``CropToLungsd``, ``DatalistBoxesd``, ``DetectionsToWorldd``.
+- ``engines``: ``DetectionPrepareBatch``, ``DetectionLoss``, ``DetectionEvaluator``.
+- ``evaluation``: ``NoduleCPM`` (ignite metric), ``DetectionReport`` (JSON + FROC PNG).
+- ``inference``: ``list_inputs``, ``DetectionWriter`` (per-scan JSON in world mm, LPS).
+"""
+
+from common.detection.detector import NoduleDetector
+from common.detection.engines import DetectionEvaluator, DetectionLoss, DetectionPrepareBatch
+from common.detection.evaluation import DetectionReport, NoduleCPM
+from common.detection.inference import DetectionWriter, list_inputs
+from common.detection.network import FlatHeadOutputs, HeadOutputsDict, NoduleRetinaNet, build_nodule_retinanet
+from common.detection.transforms import CropToLungsd, DatalistBoxesd, DetectionsToWorldd
+
+__all__ = [
+    "NoduleDetector",
+    "DetectionEvaluator",
+    "DetectionLoss",
+    "DetectionPrepareBatch",
+    "DetectionReport",
+    "NoduleCPM",
+    "DetectionWriter",
+    "list_inputs",
+    "FlatHeadOutputs",
+    "HeadOutputsDict",
+    "NoduleRetinaNet",
+    "build_nodule_retinanet",
+    "CropToLungsd",
+    "DatalistBoxesd",
+    "DetectionsToWorldd",
+]

@@ -1,0 +1,168 @@
+"""NoduleRetinaNet / NoduleDetector: shapes, malignancy loss and outputs, flat (ONNX) outputs round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+
+from common.detection import (
+    DetectionLoss,
+    FlatHeadOutputs,
+    HeadOutputsDict,
+    NoduleDetector,
+    build_nodule_retinanet,
+)
+from common.detection.evaluation import ScanRecord, coco_map, evaluate_records, malignancy_agreement
+from common.detection.inference import detections_to_json, draw_boxes, world_lps_to_voxel
+
+
+def make_detector(seed: int = 0) -> NoduleDetector:
+    torch.manual_seed(seed)
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=(1, 2, 4), base_anchor_shapes=((3, 3, 3), (5, 5, 5))
+    )
+    detector = NoduleDetector(build_nodule_retinanet(num_anchors=2, widths=(8, 16), fpn_channels=16), anchors)
+    detector.set_target_keys("boxes", "labels")
+    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    detector.set_hard_negative_sampler(
+        batch_size_per_image=32, positive_fraction=0.3, min_neg=8, pool_size=10
+    )
+    detector.set_box_selector_parameters(
+        score_thresh=0.0, topk_candidates_per_level=50, nms_thresh=0.2, detections_per_img=20
+    )
+    return detector
+
+
+def test_head_maps_per_level():
+    net = build_nodule_retinanet(num_anchors=2)
+    out = net(torch.zeros(1, 1, 32, 24, 16))
+    assert [tuple(t.shape) for t in out["classification"]] == [
+        (1, 2, 16, 12, 8),
+        (1, 2, 8, 6, 4),
+        (1, 2, 4, 3, 2),
+    ]
+    assert [t.shape[1] for t in out["box_regression"]] == [12, 12, 12]
+    assert [t.shape[1] for t in out["malignancy"]] == [10, 10, 10]
+    assert net.size_divisible == (8, 8, 8)
+
+
+def test_flat_outputs_round_trip():
+    net = build_nodule_retinanet(num_anchors=2).eval()
+    x = torch.rand(1, 1, 16, 16, 24)
+    with torch.no_grad():
+        flat = FlatHeadOutputs(net)(x)
+        back = HeadOutputsDict(FlatHeadOutputs(net))(x)
+        ref = net(x)
+    assert len(flat) == 9
+    for key in ("classification", "box_regression", "malignancy"):
+        for a, b in zip(back[key], ref[key]):
+            assert torch.equal(a, b)
+
+
+def test_training_losses_and_unrated_nodules():
+    detector = make_detector().train()
+    images = torch.rand(2, 1, 32, 32, 32)
+    box = torch.tensor([[8.0, 8.0, 8.0, 16.0, 16.0, 16.0]])
+    rated = [{"boxes": box, "labels": torch.tensor([0]), "malignancy": torch.tensor([4])}, _empty()]
+    losses = detector(images, rated)
+    assert set(losses) == {"classification", "box_regression", "malignancy"}
+    assert losses["malignancy"].item() > 0
+    unrated = [{"boxes": box, "labels": torch.tensor([0]), "malignancy": torch.tensor([0])}, _empty()]
+    losses = detector(images, unrated)
+    assert losses["malignancy"].item() == 0.0  # a nodule without a rating is not used for that loss
+    total = DetectionLoss({"malignancy": 0.5})(losses)
+    total.backward()  # the zero malignancy loss still reaches the head (DDP needs every gradient)
+    assert detector.network.malignancy_head.cls_logits.weight.grad is not None
+
+
+def test_scans_without_nodules_train():
+    detector = make_detector().train()
+    losses = detector(torch.rand(2, 1, 32, 32, 32), [_empty(), _empty()])
+    assert torch.isfinite(losses["classification"]) and losses["box_regression"].item() == 0.0
+
+
+def test_learns_a_bright_cube_and_its_rating():
+    torch.manual_seed(0)
+    detector = make_detector()
+    optimizer = torch.optim.Adam(detector.parameters(), lr=3e-3)
+    image = torch.zeros(1, 1, 24, 24, 24)
+    image[..., 6:12, 8:14, 10:16] = 1.0
+    target = [
+        {
+            "boxes": torch.tensor([[6.0, 8.0, 10.0, 12.0, 14.0, 16.0]]),
+            "labels": torch.tensor([0]),
+            "malignancy": torch.tensor([4]),
+        }
+    ]
+    detector.train()
+    for _ in range(30):
+        optimizer.zero_grad()
+        DetectionLoss()(detector(image, target)).backward()
+        optimizer.step()
+    detector.eval()
+    with torch.no_grad():
+        (det,) = detector(image)
+    scores = det["labels_scores"]
+    assert torch.all(scores[:-1] >= scores[1:])  # sorted by score
+    top = det["boxes"][0]
+    centre = (top[:3] + top[3:]) / 2
+    assert torch.allclose(centre, torch.tensor([9.0, 11.0, 13.0]), atol=2.0)
+    assert det["malignancy"].shape == (len(scores), 5)
+    assert torch.allclose(det["malignancy"].sum(1), torch.ones(len(scores)), atol=1e-5)
+    assert int(det["malignancy"][0].argmax()) + 1 == 4
+
+
+def _empty() -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.zeros(0, 6),
+        "labels": torch.zeros(0, dtype=torch.long),
+        "malignancy": torch.zeros(0, dtype=torch.long),
+    }
+
+
+def test_json_detections_sorted_with_malignancy():
+    out = detections_to_json(
+        [[0, 0, 0, 5, 5, 5], [10, 10, 10, 8, 8, 8]],
+        [0.3, 0.9],
+        [[1, 0, 0, 0, 0], [0, 0.1, 0.2, 0.6, 0.1]],
+        score_threshold=0.0,
+    )
+    assert [d["score"] for d in out] == [0.9, 0.3]
+    assert out[0]["center"] == [10, 10, 10] and out[0]["malignancy"]["rating"] == 4
+    assert detections_to_json(np.zeros((0, 6)), np.zeros(0), np.zeros((0, 5))) == []
+
+
+def test_world_lps_to_voxel_and_drawing():
+    affine = np.diag([-2.0, -2.0, 3.0, 1.0])  # RAS affine of an LPS-ordered grid with 2 x 2 x 3 mm voxels
+    affine[:3, 3] = [40.0, 30.0, -30.0]
+    # LPS centre (-20, -10, 0) = RAS (20, 10, 0) -> voxel (10, 10, 10)
+    vox = world_lps_to_voxel([[-20.0, -10.0, 0.0, 4.0, 4.0, 6.0]], affine)
+    assert np.allclose(vox, [[9, 9, 9, 11, 11, 11]])
+    vol = draw_boxes((20, 20, 20), vox)
+    assert vol[9, 9, 9] == 1 and vol[10, 10, 10] == 0 and vol.max() == 1
+
+
+def test_report_metrics_on_a_known_case():
+    records = [
+        ScanRecord(
+            pred_box=[[0, 0, 0, 8, 8, 8], [50, 50, 50, 6, 6, 6]],
+            pred_score=[0.9, 0.8],
+            pred_malignancy=[[0, 0, 0.2, 0.8, 0], [1, 0, 0, 0, 0]],
+            gt_box=[[1, 0, 0, 8, 8, 8], [-40, 0, 0, 4, 4, 4]],
+            gt_malignancy=[5, 0],
+            gt_ignore_box=[[50, 50, 50, 40, 40, 40]],
+        )
+    ]
+    report, curves = evaluate_records(records, min_diameter_mm=6.0)
+    assert curves["all"].num_nodules == 2 and curves[">=6mm"].num_nodules == 1
+    assert report["cpm_6mm"] == pytest.approx(1.0)  # the 8 mm nodule found without FP; the mass is ignored
+    assert report["cpm"] == pytest.approx(0.5)  # the 4 mm nodule is missed
+    assert report["malignancy"] == {
+        "within_one_grade_accuracy": 1.0,
+        "exact_accuracy": 0.0,
+        "num_rated_detected": 1,
+    }
+    assert malignancy_agreement(records)["num_rated_detected"] == 1
+    assert coco_map(records)["mAP_IoU_0.10_0.50_0.05_MaxDet_100"] > 0.4
