@@ -410,6 +410,15 @@ def split_csv(csv_path: Path, split: str) -> Path:
     return target
 
 
+def _configs_signature(folder: Path) -> str:
+    """A hash of the content of every file in a bundle's configs folder."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _file_signature(path: Path, content: bool = False) -> str:
     """Size and modification time of ``path`` (or a hash of its content), "absent" when there is none."""
     try:
@@ -494,6 +503,10 @@ def bundle_steps(
              prepare=(lambda: split_csv(data / "encounters.csv", demo.heldout_csv_split)) if heldout_csv else None,
              clean=[str(work / "onnx_inference")]),
     ]
+    # the bundle's configs are inputs of every step after the data: an edited config reruns them
+    configs = _configs_signature(REPO / "bundles" / b / "configs")
+    for step in steps[1:]:
+        step.fingerprint = configs
     if demo.explain:
         explain_inputs = work / "explain_inputs"
         steps.append(Step(
@@ -506,6 +519,7 @@ def bundle_steps(
                                        explain_inputs),
             optional=True,
             clean=[str(work / "explain")],
+            fingerprint=configs,
         ))
     if b == PNEUMONIA:
         shipped = REPO / "bundles" / b / "models" / "model.pt"
@@ -526,7 +540,7 @@ def bundle_steps(
             prepare=copy_inputs,
             optional=True,
             skip_reason="" if shipped.is_file() else f"no shipped weights at bundles/{b}/models/model.pt",
-            fingerprint=f"inputs={'real' if real else 'synthetic'} weights={_file_signature(shipped)}",
+            fingerprint=f"inputs={'real' if real else 'synthetic'} weights={_file_signature(shipped)} configs={configs}",
             clean=[str(work / "real_weights")],
         ))
     return steps
