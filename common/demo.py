@@ -100,8 +100,10 @@ class BundleDemo:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# THE demo-scale settings. Budget on 2 cores (data included): seg ~2.5 min, det ~3.5, oct ~1.5, cxr ~1.5,
-# o2 ~2. The model cards' synthetic figures are measured with exactly these.
+# THE demo-scale settings: those of each model card's synthetic acceptance run (data config + seed, training
+# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22, one thread per step, on the
+# shared 2-core machine (load average 6-9): CPU seconds of all steps (data included) seg 120, det 113,
+# oct 142, cxr 119, o2 83; wall clock there 4-7 min per bundle, on an idle 2-core machine about the CPU time.
 # ---------------------------------------------------------------------------------------------------------
 DEMOS: dict[str, BundleDemo] = {
     "lung_ct_segmentation": BundleDemo(
