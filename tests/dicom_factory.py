@@ -42,10 +42,11 @@ def write_ct_series(
     series_number: int = 3,
     modality: str = "CT",
     skip_positions: bool = False,
+    shift_per_slice=(0.0, 0.0, 0.0),
 ) -> tuple[list[Path], np.ndarray]:
     """Write ``hu`` (X=columns, Y=rows, Z=slices) as one file per slice; returns files and the RAS affine.
 
-    Slice k lies at ``origin + k * spacing[2] * normal``; file names come from ``names`` (shuffle them to
+    Slice k lies at ``origin + k * (spacing[2] * normal + shift_per_slice)`` (a shift: gantry tilt); file names come from ``names`` (shuffle them to
     check that the reader does not order by name).
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,9 @@ def write_ct_series(
         ds.SeriesDescription = series_description
         ds.SeriesNumber = series_number
         ds.InstanceNumber = k + 1
-        position = np.asarray(origin_lps, float) + k * spacing[2] * normal
+        position = np.asarray(origin_lps, float) + k * (
+            spacing[2] * normal + np.asarray(shift_per_slice, float)
+        )
         if not skip_positions:
             ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*rc, *cc)]
@@ -81,7 +84,7 @@ def write_ct_series(
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = rc * spacing[0]
     affine_lps[:3, 1] = cc * spacing[1]
-    affine_lps[:3, 2] = normal * spacing[2]
+    affine_lps[:3, 2] = normal * spacing[2] + np.asarray(shift_per_slice, float)
     affine_lps[:3, 3] = origin_lps
     return files, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
 
@@ -96,6 +99,7 @@ def write_radiograph(
     slope: float | None = None,
     intercept: float | None = None,
     frames: int = 1,
+    voi_lut: np.ndarray | None = None,
 ) -> Path:
     """Write a radiograph (``pixels`` rows x columns, unsigned) as a DICOM file."""
     ds = _base(DIGITAL_XRAY_STORAGE, modality)
@@ -108,6 +112,11 @@ def write_radiograph(
         ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept or 0:g}", "US"
+    if voi_lut is not None:  # a VOI LUT for stored values 0..len-1, 16-bit entries
+        item = Dataset()
+        item.add_new(0x00283002, "US", [len(voi_lut), 0, 16])  # LUT Descriptor
+        item.add_new(0x00283006, "US", [int(v) for v in voi_lut])  # LUT Data
+        ds.VOILUTSequence = [item]
     data = np.asarray(pixels, dtype=np.uint16)
     if frames > 1:
         ds.NumberOfFrames = frames

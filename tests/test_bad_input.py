@@ -150,6 +150,26 @@ def test_evaluator_with_only_bad_cases_finishes(tmp_path):
     assert written == [] and len(dataset.skipped) == 2
 
 
+def test_evaluator_over_skipping_dataset_completes_epochs_and_reruns(tmp_path):
+    # as validation inside training: run once per epoch, EPOCH_COMPLETED (metrics) must fire each time
+    cases, good_files = _radiograph_cases(tmp_path)
+    preprocessing = Compose([LoadRadiographd("image"), LetterboxResized("image", size=16)])
+    loader = DataLoader(SkipBadCasesDataset(cases, preprocessing), batch_size=2, collate_fn=collate_skip_bad)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2))
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=network)
+    counts = {"epochs": 0, "iterations": 0}
+    evaluator.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: counts.__setitem__("epochs", counts["epochs"] + 1)
+    )
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: counts.__setitem__("iterations", counts["iterations"] + 1)
+    )
+    evaluator.run(1)
+    evaluator.run(2)
+    # 3 good cases in batches of 2 -> 2 iterations per run, no case processed twice
+    assert counts == {"epochs": 2, "iterations": 4}
+
+
 def test_other_errors_are_not_hidden():
     def broken(_):
         raise KeyError("a bug, not a bad file")

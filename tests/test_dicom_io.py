@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
@@ -69,6 +70,18 @@ def test_oblique_descending_series_uses_the_slice_normal(tmp_path):
     np.testing.assert_allclose(read_affine[:3, 3], [120.0, 110.0, 30.0], atol=1e-4)
 
 
+def test_gantry_tilt_keeps_exact_geometry_and_warns(tmp_path, caplog):
+    hu = _phantom(seed=8)
+    # 2.5 mm along the normal and 0.5 mm posterior per slice: about 11.3 degrees of tilt
+    _, affine = write_ct_series(tmp_path / "s", hu, shift_per_slice=(0.0, 0.5, 0.0))
+    with caplog.at_level(logging.WARNING, logger="common.io.dicom"):
+        volume, read_affine, _ = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(volume, hu)
+    np.testing.assert_allclose(read_affine, affine, atol=1e-4)
+    np.testing.assert_allclose(read_affine[:3, 2], [0.0, -0.5, 2.5], atol=1e-4)
+    assert "11.3 degrees" in caplog.text and "gantry tilt" in caplog.text
+
+
 def test_real_ct_slices_rescaled_to_hu_air_near_minus_1000(tmp_path):
     src = _copies_of_real_slice("693_UNCR.dcm", tmp_path / "ct", n=3, order=[2, 0, 1])
     volume, affine, _ = read_dicom_series(tmp_path / "ct")
@@ -102,6 +115,7 @@ def test_several_series_picks_most_slices_logs_without_identifiers(tmp_path, cap
     write_ct_series(folder / "b", hu, series_description="LUNG 1mm", series_number=5)
     write_radiograph(folder / "cr.dcm", np.zeros((8, 8)), modality="CR")
     (folder / "notes.txt").write_text("not dicom")
+    (folder / "b" / "readme.dcm").write_text("a text file named like a slice")
     (folder / "DICOMDIR").write_bytes(b"\0" * 300)
     with caplog.at_level(logging.INFO, logger="common.io.dicom"):
         volume, _, meta = read_dicom_series(folder)
@@ -109,6 +123,27 @@ def test_several_series_picks_most_slices_logs_without_identifiers(tmp_path, cap
     assert meta["series_description"] == "LUNG 1mm"
     assert "LUNG 1mm" in caplog.text and "9 slices" in caplog.text and "SCOUT" in caplog.text
     assert "Doe" not in caplog.text and "SECRET" not in caplog.text
+
+
+def test_unconvertible_header_values_are_tolerated_quietly(tmp_path, caplog):
+    files, _ = write_ct_series(tmp_path, _phantom((6, 6, 3)), series_number=37)
+    series_number = b"\x20\x00\x11\x00IS\x02\x0037"  # (0020,0011) IS, 2 bytes: "37"
+    for path in files:
+        data = path.read_bytes()
+        assert data.count(series_number) == 1
+        path.write_bytes(data.replace(series_number, series_number[:-1] + b"Q"))  # "3Q": not an IS
+    with warnings.catch_warnings(record=True) as caught:  # plain pydicom quotes the value in a warning
+        warnings.simplefilter("always")
+        _ = pydicom.dcmread(files[0]).SeriesNumber
+    assert any("3Q" in str(w.message) for w in caught)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume, _, meta = read_dicom_series(tmp_path)
+    assert volume.shape == (6, 6, 3) and meta["series_number"] == -1
+    # pydicom's value warnings quote the value; none reaches a warning or a log line
+    assert "3Q" not in caplog.text
+    assert not [w for w in caught if "3Q" in str(w.message)]
 
 
 def test_series_uid_selects_a_series(tmp_path):
@@ -165,6 +200,15 @@ def test_missing_slice_gives_uneven_spacing_error(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
+def test_truncated_slice_names_the_file(tmp_path):
+    files, _ = write_ct_series(tmp_path, _phantom((16, 16, 4)))
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - 100])
+    with pytest.raises(InputDataError, match="pixel data") as e:
+        read_dicom_series(tmp_path)
+    assert str(files[2]) in str(e.value)
+
+
 def test_duplicate_positions_is_an_error(tmp_path):
     files, _ = write_ct_series(tmp_path, _phantom((6, 6, 4)))
     ds = pydicom.dcmread(files[1])
@@ -195,6 +239,9 @@ def test_mr_series_is_not_ct(tmp_path):
 def test_folder_without_dicom_is_an_error(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(InputDataError, match="no DICOM image files"):
+        read_dicom_series(tmp_path)
+    (tmp_path / "case1.nii.gz").write_bytes(b"")
+    with pytest.raises(InputDataError, match=r"volume files \(case1.nii.gz\): give a file path"):
         read_dicom_series(tmp_path)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dicom_factory import write_radiograph
 from monai.data import DataLoader, Dataset
 from PIL import Image
 
@@ -47,6 +48,22 @@ def test_oct_jpeg_rgb_and_grey_load_as_one_channel(tmp_path):
     assert float((grey - torch.from_numpy(scan / 255.0)).abs().mean()) < 0.02
     assert float((grey - rgb).abs().mean()) < 0.02
     assert grey.meta["filename_or_obj"].endswith("CNV-1-1.jpeg")
+
+
+def test_oct_dicom_single_frame_loads_volume_and_xray_refused(tmp_path):
+    pixels = _bscan().astype(np.uint16) * 16  # 12-bit B-scan
+    path = write_radiograph(tmp_path / "oct.dcm", pixels, modality="OPT")
+    image = LoadOCTd("image")({"image": str(path)})["image"]
+    np.testing.assert_allclose(
+        image[0].numpy(), (pixels - pixels.min()) / (pixels.max() - pixels.min()), atol=1e-6
+    )
+    volume = write_radiograph(tmp_path / "vol.dcm", pixels, modality="OPT", frames=4)
+    with pytest.raises(InputDataError, match="multi-frame"):
+        LoadOCTd("image")({"image": str(volume)})
+    xray = write_radiograph(tmp_path / "cxr.dcm", pixels, modality="DX")
+    with pytest.raises(InputDataError, match="modality is DX") as e:
+        LoadOCTd("image")({"image": str(xray)})
+    assert str(xray) in str(e.value)
 
 
 def test_oct_normalisation_maps_percentiles_to_0_and_1():
@@ -158,3 +175,7 @@ def test_read_ehr_csv_allows_empty_cells(tmp_path, spec_file):
     assert rows[2]["crp"] == "" and rows[2]["o2_24h"] == ""
     vector, imputed = FeatureSpec.from_yaml(spec_file).vectorise(rows[1])
     assert imputed == ["spo2", "crp"] and vector[3] == 1.0 and vector[4] == 0.0
+    # a flat CSV row goes straight into the transform
+    out = EHRVectord("ehr", spec=str(spec_file), from_item=True)(rows[0])
+    np.testing.assert_allclose(out["ehr"].numpy(), [(93 - 95) / 3, -0.4, (12 - 40) / 60, 0, 1, 0], rtol=1e-6)
+    assert out["ehr_imputed"] == "resp_rate" and out["image"] == "img/a.png"

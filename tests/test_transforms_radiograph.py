@@ -67,6 +67,32 @@ def test_window_and_rescale_are_applied(tmp_path):
     assert image.min() == 0.0 and image.max() == 1.0
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_real_voi_lut_sequence_and_modality_lut():
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = get_testdata_file("vlut_04.dcm")  # 8-bit stored values through a 16-bit VOI LUT
+    ds = pydicom.dcmread(path)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    shown = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    image = _load(path)[0].numpy()
+    np.testing.assert_allclose(image, (shown - lut.min()) / (lut.max() - lut.min()), atol=1e-6)
+
+    path = get_testdata_file("mlut_18.dcm")  # signed 12-bit values through a Modality LUT, no window
+    ds = pydicom.dcmread(path)
+    real = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    np.testing.assert_allclose(
+        _load(path)[0].numpy(), (real - real.min()) / (real.max() - real.min()), atol=1e-6
+    )
+
+
+def test_non_linear_voi_lut_is_applied(tmp_path):
+    pixels = _ramp(16, 16, 255)
+    lut = np.round((np.arange(256) / 255.0) ** 2 * 65535)
+    path = write_radiograph(tmp_path / "lut.dcm", pixels, bits_stored=8, voi_lut=lut)
+    np.testing.assert_allclose(_load(path)[0].numpy(), (pixels / 255.0) ** 2, atol=1e-4)
+
+
 def test_multiframe_and_ct_dicom_are_refused(tmp_path):
     path = write_radiograph(tmp_path / "mf.dcm", _ramp(), frames=3)
     with pytest.raises(InputDataError, match="multi-frame") as e:

@@ -19,9 +19,11 @@ Everything a user can get wrong raises :class:`common.errors.InputDataError` nam
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "read_dicom_series",
     "read_dicom_file",
     "is_dicom_file",
+    "quiet_value_validation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,40 @@ def _pydicom():
     import pydicom  # imported lazily: reading NIfTI or PNG does not need it
 
     return pydicom
+
+
+@contextlib.contextmanager
+def quiet_value_validation() -> Iterator[None]:
+    """Don't let pydicom warn about invalid header values while we read.
+
+    pydicom's value-validation warnings quote the value (``Invalid value for VR PN: 'DOE^JANE...'``) and
+    go to both ``warnings`` and the ``pydicom`` logger, which could put patient identifiers in a log.
+    Nothing we read depends on them: the tags we use are checked here with our own messages.
+    """
+    config = _pydicom().config
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
+
+
+def _text(ds: Any, keyword: str, default: str = "") -> str:
+    """A header value as text; a value pydicom cannot convert counts as absent."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return default
+    return default if value is None or str(value).strip() == "" else str(value).strip()
+
+
+def _int(ds: Any, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword)
+        return default if value is None or str(value).strip() == "" else int(value)
+    except Exception:
+        return default
 
 
 def _read_header(path: Path) -> Any | None:
@@ -185,8 +222,8 @@ def _geometry(ds: Any, path: Path, frame: Any | None = None, shared: Any | None 
 
 def _frames_of(ds: Any, path: Path) -> list[_Frame]:
     """The slices one file contributes: one for a classic image, one per frame for enhanced CT."""
-    shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    shape = (_int(ds, "Rows", 0), _int(ds, "Columns", 0))
+    n_frames = _int(ds, "NumberOfFrames", 1)
     if n_frames > 1:
         per_frame = ds.get("PerFrameFunctionalGroupsSequence")
         shared_seq = ds.get("SharedFunctionalGroupsSequence")
@@ -205,9 +242,9 @@ def _frames_of(ds: Any, path: Path) -> list[_Frame]:
 
 
 def _series_label(header: Any, n: int) -> str:
-    number = header.get("SeriesNumber", "?")
-    description = str(header.get("SeriesDescription", "") or "").strip() or "no description"
-    return f"series {number} '{description}' ({header.get('Modality', '?')}, {n} slice{'s' * (n != 1)})"
+    number = _text(header, "SeriesNumber", "?")
+    description = _text(header, "SeriesDescription", "no description")
+    return f"series {number} '{description}' ({_text(header, 'Modality', '?')}, {n} slice{'s' * (n != 1)})"
 
 
 def _collect(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
@@ -221,20 +258,34 @@ def _collect(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
             # Objects without an image plane (DICOMDIR, SR, presentation states, ...) are not slices.
             if header is None or "Rows" not in header or "Columns" not in header:
                 continue
-            uid = str(header.get("SeriesInstanceUID", "") or "no-series-uid")
+            uid = _text(header, "SeriesInstanceUID", "no-series-uid")
             series.setdefault(uid, []).append((path, header))
     return series
 
 
 def _n_slices(files: list[tuple[Path, Any]]) -> int:
-    return sum(int(h.get("NumberOfFrames", 1) or 1) for _, h in files)
+    return sum(_int(h, "NumberOfFrames", 1) for _, h in files)
 
 
 def _pick_series(
     folder: Path, series: dict[str, list[tuple[Path, Any]]], series_uid: str | None, modalities: Sequence[str]
 ) -> tuple[str, list[tuple[Path, Any]]]:
     if not series:
-        raise InputDataError(folder, "no DICOM image files found (the folder has no readable DICOM slices)")
+        volumes = (
+            sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.name.lower().endswith((".nii", ".nii.gz", ".mhd", ".mha"))
+            )
+            if folder.is_dir()
+            else []
+        )
+        hint = (
+            f"; it holds volume files ({', '.join(volumes[:3])}): give a file path instead" if volumes else ""
+        )
+        raise InputDataError(
+            folder, f"no DICOM image files found (the folder has no readable DICOM slices){hint}"
+        )
     if series_uid is not None:
         if series_uid not in series:
             raise InputDataError(
@@ -245,13 +296,13 @@ def _pick_series(
         wanted = {
             uid: files
             for uid, files in series.items()
-            if not modalities or str(files[0][1].get("Modality", "")).upper() in modalities
+            if not modalities or _text(files[0][1], "Modality").upper() in modalities
         }
         if not wanted:
-            found = sorted({str(f[0][1].get("Modality", "") or "missing") for f in series.values()})
+            found = sorted({_text(f[0][1], "Modality", "missing") for f in series.values()})
             only = next(iter(series.values()))[0][1]
             problem = (
-                _modality_problem(str(only.get("Modality", "") or ""), modalities)
+                _modality_problem(_text(only, "Modality"), modalities)
                 if len(found) == 1
                 else f"no {'/'.join(modalities)} series; the DICOM modalities found are {', '.join(found)}"
             )
@@ -270,12 +321,22 @@ def _pick_series(
                 others,
             )
     files = series[chosen]
-    modality = str(files[0][1].get("Modality", "") or "").upper()
+    modality = _text(files[0][1], "Modality").upper()
     if modalities and modality not in modalities:
         raise InputDataError(folder, _modality_problem(modality, modalities))
     return chosen, files
 
 
+def _quietly(function: Callable) -> Callable:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with quiet_value_validation():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_quietly
 def read_dicom_series(
     folder: str | os.PathLike,
     series_uid: str | None = None,
@@ -315,12 +376,12 @@ def read_dicom_series(
             raise InputDataError(source, "not a DICOM file (cannot be parsed as DICOM)")
         if "Rows" not in header:
             raise InputDataError(source, "a DICOM object without an image (no Rows/Columns)")
-        if int(header.get("NumberOfFrames", 1) or 1) > 1:
-            series = {str(header.get("SeriesInstanceUID", "") or "no-series-uid"): [(source, header)]}
+        if _int(header, "NumberOfFrames", 1) > 1:
+            series = {_text(header, "SeriesInstanceUID", "no-series-uid"): [(source, header)]}
             series_uid = None
         else:
             # One slice of a series: read the series it belongs to from its folder.
-            series_uid = str(header.get("SeriesInstanceUID", "") or "no-series-uid")
+            series_uid = _text(header, "SeriesInstanceUID", "no-series-uid")
             series = {series_uid: [(source, header)]}
             for path, other in _collect(source.parent).get(series_uid, []):
                 if path.resolve() != source.resolve():
@@ -334,7 +395,13 @@ def read_dicom_series(
 
     frames: list[_Frame] = []
     for path, header in files:
-        frames.extend(_frames_of(header, path))
+        try:
+            frames.extend(_frames_of(header, path))
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+            if isinstance(e, InputDataError):
+                raise
+            # a geometry or rescale tag pydicom cannot convert (the message names the tag, not patient data)
+            raise InputDataError(path, f"a DICOM header value cannot be read: {type(e).__name__}") from e
     if len(frames) < 2:
         raise InputDataError(
             folder_for_errors,
@@ -406,6 +473,15 @@ def read_dicom_series(
 
     # Columns of the affine: step along i (a row), along j (a column), along k (sorted slices).
     step_k = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+    tilt = float(
+        np.degrees(np.arccos(np.clip(abs(np.dot(step_k, normal)) / np.linalg.norm(step_k), 0.0, 1.0)))
+    )
+    if tilt > 0.5:
+        # Gantry tilt: slices are stacked off the normal. The sheared affine keeps the exact geometry;
+        # resampling (Spacingd) to an orthogonal grid follows it.
+        logger.warning(
+            "%s: slices are stacked %.1f degrees off their normal (gantry tilt)", folder_for_errors, tilt
+        )
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = ref.row_cosine * ref.spacing[1]
     affine_lps[:3, 1] = ref.col_cosine * ref.spacing[0]
@@ -415,9 +491,9 @@ def read_dicom_series(
     meta = {
         "spacing": (ref.spacing[1], ref.spacing[0], float(np.linalg.norm(step_k))),
         "series_uid": uid,
-        "series_description": str(first_header.get("SeriesDescription", "") or ""),
-        "series_number": first_header.get("SeriesNumber"),
-        "modality": str(first_header.get("Modality", "") or ""),
+        "series_description": _text(first_header, "SeriesDescription"),
+        "series_number": _int(first_header, "SeriesNumber", -1),
+        "modality": _text(first_header, "Modality"),
         "n_slices": len(frames),
         "files": [str(f.path) for f in frames],
     }

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputDataError
-from common.io.dicom import RADIOGRAPH_MODALITIES, read_dicom_file
+from common.io.dicom import RADIOGRAPH_MODALITIES, _int, _text, quiet_value_validation, read_dicom_file
 from common.transforms._meta import check_file, lower_name, sniff_format
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -136,11 +136,24 @@ def read_dicom_image(
     (``apply_voi_lut``; without one, the image's own min..max), scaled to [0, 1]; MONOCHROME1 (and
     MONOCHROME2 with an INVERSE presentation LUT) inverted so that bright is dense tissue/bone.
     """
+    with quiet_value_validation():
+        try:
+            return _read_dicom_image(path, modalities, what, apply_voi)
+        except InputDataError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            # a header value pydicom cannot convert, or a LUT/window that does not fit the pixel data
+            raise InputDataError(path, f"unusable DICOM header ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _read_dicom_image(
+    path: str | os.PathLike, modalities: Sequence[str], what: str, apply_voi: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     ds = read_dicom_file(path)
-    modality = str(ds.get("Modality", "") or "").upper()
+    modality = _text(ds, "Modality").upper()
     allowed = tuple(m.upper() for m in modalities)
     if allowed and modality not in allowed:
         if modality in ("CT", "MR", "PT", "NM"):
@@ -150,7 +163,7 @@ def read_dicom_image(
                 f"the DICOM modality is {modality or 'missing'}, not {what} ({'/'.join(allowed)} expected)"
             )
         raise InputDataError(path, problem)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int(ds, "NumberOfFrames", 1)
     if n_frames > 1:
         raise InputDataError(path, f"a multi-frame DICOM ({n_frames} frames); {what} must be a single frame")
     try:
@@ -176,11 +189,13 @@ def read_dicom_image(
         rgb = apply_color_lut(pixels, ds)
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         return _finish(_grey_from_colour(rgb) / top, path, what), info
-    arr = apply_modality_lut(pixels, ds).astype(np.float64)
+    # VOI LUTs are indexed by the (integer) modality output: cast to float only afterwards.
+    arr = apply_modality_lut(pixels, ds)
     if apply_voi:
         arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
         lo, hi = _output_range(ds, arr)
     else:
+        arr = arr.astype(np.float64)
         lo, hi = float(arr.min()), float(arr.max())
     grey = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     inverse = str(ds.get("PresentationLUTShape", "") or "").upper() == "INVERSE"

@@ -157,13 +157,16 @@ def check_hu_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     Returns the array with isolated non-finite voxels replaced by the lowest finite value.
     """
     finite = np.isfinite(array)
-    if not finite.any():
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
         raise InputDataError(path, "no finite value (all NaN/inf): the volume is empty")
-    n_bad = int(finite.size - np.count_nonzero(finite))
-    lo, hi = float(array[finite].min()), float(array[finite].max())
-    if n_bad:
-        logger.warning("%s: %d NaN/inf voxels set to the lowest value %.1f", path, n_bad, lo)
+    if n_finite < array.size:
+        values = array[finite]
+        lo, hi = float(values.min()), float(values.max())
+        logger.warning("%s: %d NaN/inf voxels set to the lowest value %.1f", path, array.size - n_finite, lo)
         array = np.where(finite, array, np.asarray(lo, dtype=array.dtype))
+    else:
+        lo, hi = float(array.min()), float(array.max())
     if lo >= 0.0 and hi <= 1.0:
         raise InputDataError(
             path,

@@ -259,6 +259,8 @@ class EHRVectord(MapTransform):
         spec: a :class:`FeatureSpec`, the path of its YAML file, or its parsed content.
         imputed_postfix: the imputed feature names go to ``f"{key}_{imputed_postfix}"`` as a
             comma-separated string ("" when nothing was imputed).
+        from_item: take the raw values from the data dict itself (a flat CSV row as read by
+            :func:`read_ehr_csv`, feature names as keys) and write the vector to ``keys``.
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -267,16 +269,18 @@ class EHRVectord(MapTransform):
         keys: KeysCollection,
         spec: FeatureSpec | str | os.PathLike | Mapping,
         imputed_postfix: str = "imputed",
+        from_item: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spec = _as_spec(spec)
         self.imputed_postfix = imputed_postfix
+        self.from_item = from_item
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
-            vector, imputed = self.spec.vectorise(d[key])
+        for key in self.keys if self.from_item else self.key_iterator(d):
+            vector, imputed = self.spec.vectorise(data if self.from_item else d[key])
             d[key] = torch.from_numpy(vector)
             d[f"{key}_{self.imputed_postfix}"] = ",".join(imputed)
         return d
