@@ -201,12 +201,16 @@ class PredictionCSVWriter(_Collector):
 
     def _skipped(self) -> list[tuple[str, str]]:
         skipped = getattr(self.dataset, "skipped", None) or []
+        data = getattr(self.dataset, "data", None)
         out = []
         for s in skipped:
-            if isinstance(s, dict):
-                out.append((str(s.get("file", s.get("path", ""))), str(s.get("problem", s.get("error", "")))))
-            else:
+            if not isinstance(s, dict):
                 out.append((str(s[0]), str(s[1])))
+                continue
+            file = s.get("file")
+            if not file and data is not None and s.get("index") is not None:
+                file = data[s["index"]].get("image", "")
+            out.append((str(file or ""), str(s.get("problem", ""))))
         return out
 
     def _write(self, engine) -> None:

@@ -1,0 +1,199 @@
+"""Workflow tests of the pediatric CXR pneumonia bundle: every config runs as the model card says.
+
+One tiny synthetic ChestXRay2017 set and one short training run (module fixtures) feed the tests of
+evaluate, inference (CSV, bad cases, DICOM = PNG), ONNX export + ONNX Runtime inference, explain,
+fine-tuning and multi-process training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "pediatric_cxr_pneumonia_classification"
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+FAST = ["--num_workers", "0", "--batch_size", "6"]
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _run(bundle: Path, configs: list[str], **overrides) -> None:
+    from monai.bundle import run
+
+    files = [str(bundle / "configs" / c) for c in configs]
+    run(config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle),
+        logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from common.synthetic.cxr import generate_pneumonia_cxr
+
+    out = tmp_path_factory.mktemp("cxr_data")
+    config = {
+        "image_size": 128,
+        "splits": {"train": {"NORMAL": 6, "BACTERIAL": 8, "VIRAL": 6}, "test": {"NORMAL": 2, "BACTERIAL": 2, "VIRAL": 2}},
+        "write_masks": False,
+    }
+    return Path(generate_pneumonia_cxr(out, config=config, seed=0))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """The bundle copied to a temporary folder and trained for one epoch with the model card's command."""
+    bundle = Path(shutil.copytree(BUNDLE, tmp_path_factory.mktemp("cxr_bundle") / BUNDLE.name))
+    _cli("-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.yaml"),
+         "--bundle_root", str(bundle), "--dataset_dir", str(data),
+         "--logging_file", str(bundle / "configs" / "logging.conf"), "--max_epochs", "1", "--val_fraction", "0.2", *FAST)
+    return bundle
+
+
+def test_train_saves_loadable_checkpoint_and_logs(trained):
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["fc.weight"].shape == (3, 256) and state["conv1.weight"].shape[1] == 1
+    assert list((trained / "eval").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_writes_report_and_figures(trained, data):
+    _run(trained, ["train.yaml", "evaluate.yaml"], dataset_dir=str(data), n_boot=50, num_workers=0)
+    report = json.loads((trained / "eval" / "report.json").read_text())
+    assert report["n_images"] == 6 and report["class_counts"] == {"NORMAL": 2, "BACTERIAL": 2, "VIRAL": 2}
+    assert np.array(report["confusion_matrix"]["matrix"]).sum() == 6
+    assert set(report["binary"]) == {"pneumonia_vs_normal", "bacterial_vs_viral"}
+    assert report["binary"]["bacterial_vs_viral"]["n_positive"] == 2
+    for name in ("roc_curves.png", "confusion_matrix.png", "predictions.csv"):
+        assert (trained / "eval" / name).stat().st_size > 0
+    rows = _read_csv(trained / "eval" / "predictions.csv")
+    accuracy = np.mean([r["label"] == r["call"] for r in rows])
+    assert accuracy == pytest.approx(report["accuracy"]["value"])
+
+
+def test_inference_csv_reports_and_skips_bad_files(trained, data, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(data / "chest_xray" / "test", images)
+    (images / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    _run(trained, ["inference.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / "out"))
+    rows = _read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 7
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and bad[0]["file"].endswith("broken.jpeg") and bad[0]["p_NORMAL"] == ""
+    for r in rows:
+        if r["error"]:
+            continue
+        p = np.array([float(r[f"p_{c}"]) for c in ("NORMAL", "BACTERIAL", "VIRAL")])
+        assert p.sum() == pytest.approx(1.0, abs=1e-5)
+        assert float(r["p_pneumonia"]) == pytest.approx(p[1] + p[2], abs=1e-5)
+        assert r["call"] == ("NORMAL", "BACTERIAL", "VIRAL")[int(p.argmax())]
+        assert r["pneumonia"] == ("yes" if p[1] + p[2] >= 0.5 else "no")
+
+
+def _monochrome1_dicom(png: Path, out: Path) -> None:
+    """The PNG's pixels stored as a 16-bit MONOCHROME1 digital X-ray (bright bone = low stored values)."""
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "CHILD-0042"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = ((255 - pixels) * 257).astype(np.uint16).tobytes()
+    ds.save_as(out, enforce_file_format=True)
+    assert pydicom.dcmread(out).PhotometricInterpretation == "MONOCHROME1"
+
+
+def test_dicom_monochrome1_and_png_give_the_same_probabilities(trained, data, tmp_path):
+    images = tmp_path / "pair"
+    images.mkdir()
+    source = sorted((data / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    Image.open(source).convert("L").save(images / "a_film.png")
+    _monochrome1_dicom(images / "a_film.png", images / "b_film.dcm")
+    _run(trained, ["inference.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / "out"))
+    png, dcm = _read_csv(tmp_path / "out" / "predictions.csv")
+    assert png["file"].endswith(".png") and dcm["file"].endswith(".dcm") and not png["error"] and not dcm["error"]
+    for c in ("NORMAL", "BACTERIAL", "VIRAL"):
+        assert float(png[f"p_{c}"]) == pytest.approx(float(dcm[f"p_{c}"]), abs=1e-5)
+    assert png["call"] == dcm["call"]
+
+
+def test_onnx_export_and_onnx_inference_match_pytorch(trained, data, tmp_path):
+    from common.export import export_bundle
+
+    report = export_bundle(trained)
+    assert (trained / "models" / "model.onnx").is_file() and report["checkpoint"]
+    images = data / "chest_xray" / "test"
+    _run(trained, ["inference.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / "torch"))
+    _run(trained, ["inference.yaml", "inference_onnx.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / "onnx"))
+    torch_rows, onnx_rows = _read_csv(tmp_path / "torch" / "predictions.csv"), _read_csv(tmp_path / "onnx" / "predictions.csv")
+    assert [r["file"] for r in torch_rows] == [r["file"] for r in onnx_rows] and len(torch_rows) == 6
+    for a, b in zip(torch_rows, onnx_rows):
+        for c in ("NORMAL", "BACTERIAL", "VIRAL"):
+            assert float(a[f"p_{c}"]) == pytest.approx(float(b[f"p_{c}"]), abs=1e-4)
+
+
+def test_explain_writes_occlusion_and_gradcam_overlays(trained, data, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    source = sorted((data / "chest_xray" / "test" / "PNEUMONIA").glob("*bacteria*.jpeg"))[0]
+    shutil.copy(source, one / source.name)
+    _run(trained, ["inference.yaml", "explain.yaml"], dataset_dir=str(one), output_dir=str(tmp_path / "out"),
+         occlusion_stride=20)
+    for method in ("occlusion", "gradcam"):
+        png = tmp_path / "out" / "explain" / f"{source.stem}_{method}.png"
+        assert png.stat().st_size > 1000
+        assert Image.open(png).size[0] > 100
+    assert len(_read_csv(tmp_path / "out" / "predictions.csv")) == 1
+
+
+def test_finetune_two_classes_from_checkpoint_with_frozen_backbone(trained, data, tmp_path):
+    initial = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    _run(trained, ["train.yaml"], dataset_dir=str(data), initial_ckpt=str(trained / "models" / "model.pt"),
+         num_classes=2, freeze_backbone=True, max_epochs=1, ckpt_dir=str(tmp_path / "models"),
+         output_dir=str(tmp_path / "eval"), num_workers=0, batch_size=6, learning_rate=0.05)
+    tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert tuned["fc.weight"].shape == (2, 256)  # head of another class count, re-initialised
+    for key in ("conv1.weight", "layer4.1.conv2.weight", "bn1.running_mean"):
+        assert torch.equal(tuned[key], initial[key]), key  # backbone (and its BN statistics) frozen
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_under_torchrun_with_two_cpu_processes(data, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLE, tmp_path / BUNDLE.name))
+    proc = _cli("-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+                "-m", "monai.bundle", "run", "--config_file",
+                f"['{bundle}/configs/train.yaml','{bundle}/configs/multi_gpu_train.yaml']",
+                "--bundle_root", str(bundle), "--dataset_dir", str(data),
+                "--logging_file", str(bundle / "configs" / "logging.conf"), "--max_epochs", "1",
+                "--num_workers", "0", "--batch_size", "4")
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "fc.weight" in state and not any(k.startswith("module.") for k in state)
+    assert proc.stdout.count("Epoch[1] Metrics -- val_accuracy") == 1  # stats from rank 0 only
