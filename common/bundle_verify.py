@@ -210,6 +210,7 @@ def check_expression_names(config: Any, name: str) -> list[str]:
     strings = [(i, v) for i, v in _walk(config) if isinstance(v, str) and v.startswith("$")]
     imported = set().union(*(_bound_by_import(v[1:]) for _, v in strings if v[1:].lstrip().startswith(("import ", "from "))))
     known = imported | set(dir(builtins)) | set(getattr(ConfigParser, "suffixes", ())) | {"monai", "torch", "np", "numpy", "_ref"}
+    modules = _imported_modules([v[1:] for _, v in strings if v[1:].lstrip().startswith(("import ", "from "))])
     problems = []
     for item_id, value in strings:
         code = _REF.sub("_ref", value[1:]).strip()
@@ -219,7 +220,82 @@ def check_expression_names(config: Any, name: str) -> list[str]:
             dotted = sorted(n for n in imported if n.startswith(missing + "."))
             hint = f" (MONAI binds `import {dotted[0]}` to the name {dotted[0]!r}: add `$import {missing}`)" if dotted else ""
             problems.append(f"{name}: {item_id}: expression uses {missing!r}, which no `$import` defines{hint}")
+        for chain in _attribute_chains(code):
+            err = _resolve_module_chain(chain, modules)
+            if err:
+                problems.append(f"{name}: {item_id}: {err}")
     return problems
+
+
+def _imported_modules(import_codes: Sequence[str]) -> dict[str, Any]:
+    """Run the config's ``$import`` statements the way MONAI does; name -> module (failures skipped)."""
+    from monai.utils import optional_import
+
+    modules: dict[str, Any] = {}
+    for code in import_codes:
+        try:
+            node = ast.parse(code.strip()).body[0]
+        except (SyntaxError, IndexError):
+            continue
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or not node.names:
+            continue
+        alias = node.names[0]
+        if isinstance(node, ast.ImportFrom):
+            obj, ok = optional_import(str(node.module), name=alias.name)
+        else:
+            obj, ok = optional_import(alias.name)
+        if ok:
+            modules[alias.asname or alias.name] = obj
+    return modules
+
+
+def _attribute_chains(code: str) -> list[list[str]]:
+    """Dotted name chains (``common.bundle_utils.freeze`` -> ["common", "bundle_utils", "freeze"])."""
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        return []
+    chains, inner = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                inner.add(id(cur))
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name):
+                chains.append([cur.id, *reversed(parts)])
+    return chains
+
+
+def _resolve_module_chain(chain: list[str], modules: Mapping[str, Any]) -> str | None:
+    """An error when a chain walks into a submodule that no import loaded (``common.bundle_utils``
+    after only ``$import common``); attributes of non-modules are not checked (they may be dynamic)."""
+    import types
+
+    obj = modules.get(chain[0])
+    if not isinstance(obj, types.ModuleType):
+        return None
+    for depth, attr in enumerate(chain[1:], start=1):
+        if not isinstance(obj, types.ModuleType):
+            return None
+        if not hasattr(obj, attr):
+            dotted = ".".join(chain[: depth + 1])
+            return f"{'.'.join(chain)}: module {'.'.join(chain[:depth])!r} has no attribute {attr!r} (add `$import {dotted}` to `imports` if it is a submodule)"
+        obj = getattr(obj, attr)
+    return None
+
+
+def check_onnx_handlers(parser: Any, name: str) -> list[str]:
+    """With ``network`` run by ONNX Runtime, no handler may load a PyTorch checkpoint into it."""
+    network = parser.get("network")
+    if not (isinstance(network, Mapping) and str(network.get("_target_", "")).endswith("OnnxRuntimeNetwork")):
+        return []
+    handlers = parser.get("handlers") or []
+    loaders = [h.get("_target_") for h in handlers if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", ""))]
+    if loaders:
+        return [f"{name}: `handlers` still has {loaders[0]}, which cannot load weights into OnnxRuntimeNetwork; override `handlers` without it"]
+    return []
 
 
 def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
@@ -239,6 +315,7 @@ def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     except Exception as e:
         return [f"{configs_dir}: {name}: does not resolve ({type(e).__name__}: {e})"]
     problems = [f"{configs_dir}: {p}" for p in check_expression_names(parser.get(), name)]
+    problems += [f"{configs_dir}: {p}" for p in check_onnx_handlers(parser, name)]
     refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
     for ref in sorted(refs):
         if ref not in parser:

@@ -60,6 +60,7 @@ def occlusion_map(
     stride: int = 10,
     mode: str | float = "mean_img",
     n_batch: int = 32,
+    score: str = "probability",
 ) -> np.ndarray:
     """Occlusion sensitivity of one image for ``target_class`` (Kermany's protocol by default).
 
@@ -71,24 +72,42 @@ def occlusion_map(
         stride: step between patch positions in pixels, 1 <= stride <= mask_size.
         mode: patch value: "mean_img" (the image's mean, mid-grey), "mean_patch", "gaussian" or a number.
         n_batch: occluded images per forward pass.
+        score: "probability" (Kermany: softmax probability of the class) or "logit" (the class's logit
+            minus the largest other logit): use "logit" for a very confident model, whose probability
+            stays at 1.0 whatever one patch hides (saturation), so that its map is flat.
 
     Returns:
-        (H, W) float32 map: probability drop of ``target_class`` when the region is hidden.
+        (H, W) float32 map: drop of the ``target_class`` score when the region is hidden.
     """
     from monai.visualize import OcclusionSensitivity
 
     if not 1 <= stride <= mask_size:
         raise ValueError(f"stride must be between 1 and mask_size={mask_size}, got {stride}")
+    if score not in ("probability", "logit"):
+        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
     x = _as_batch(image).to(next(network.parameters()).device)
-    probs = predict_proba(network, x)
-    target = int(probs.argmax()) if target_class is None else int(target_class)
-    occ = OcclusionSensitivity(
-        network, mask_size=mask_size, n_batch=n_batch, verbose=False, mode=mode, overlap=1.0 - stride / mask_size
-    )
     network.eval()
     with torch.no_grad():
-        occ_probs, _ = occ(x)
-    return (probs[target] - occ_probs[0, target].float().cpu().numpy()).astype(np.float32)
+        logits = network(x).float()
+    target = int(logits.argmax()) if target_class is None else int(target_class)
+
+    def _score(out: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if score == "probability":
+            return torch.softmax(out, dim=1)
+        others = out.clone()
+        others[:, target] = -torch.inf
+        margin = out[:, target : target + 1] - others.max(dim=1, keepdim=True).values
+        return margin.expand_as(out)  # the map of ``target`` is read below
+
+    occ = OcclusionSensitivity(
+        network, mask_size=mask_size, n_batch=n_batch, verbose=False, mode=mode, overlap=1.0 - stride / mask_size,
+        activate=_score,
+    )
+    with torch.no_grad():
+        occluded, _ = occ(x)
+        reference = _score(logits)[0, target]
+    return (reference - occluded[0, target]).float().cpu().numpy().astype(np.float32)
 
 
 def gradcam_map(
@@ -171,6 +190,7 @@ class ExplainWriter:
         mask_size: occlusion patch side in input pixels (Kermany: 20).
         stride: occlusion patch step in pixels.
         mode: occlusion patch value (see ``occlusion_map``).
+        score: occlusion score, "probability" (Kermany) or "logit" (see ``occlusion_map``).
         target_layer: Grad-CAM layer (ResNet: "layer4").
         target_class: class name to explain instead of the predicted one.
         save_maps: also save the raw maps as ``.npy``.
@@ -185,6 +205,7 @@ class ExplainWriter:
         mask_size: int = 20,
         stride: int = 10,
         mode: str | float = "mean_img",
+        score: str = "probability",
         target_layer: str = "layer4",
         target_class: str | None = None,
         save_maps: bool = False,
@@ -196,7 +217,7 @@ class ExplainWriter:
         self.class_names = list(class_names)
         self.output_dir = Path(output_dir)
         self.methods = tuple(methods)
-        self.mask_size, self.stride, self.mode = mask_size, stride, mode
+        self.mask_size, self.stride, self.mode, self.score = mask_size, stride, mode, score
         self.target_layer = target_layer
         self.target_class = None if target_class in (None, "") else self.class_names.index(target_class)
         self.save_maps = save_maps
@@ -226,7 +247,7 @@ class ExplainWriter:
         written = {}
         for method in self.methods:
             if method == "occlusion":
-                heat = occlusion_map(network, image, target, self.mask_size, self.stride, self.mode)
+                heat = occlusion_map(network, image, target, self.mask_size, self.stride, self.mode, score=self.score)
                 label = f"occlusion {self.mask_size}px/{self.stride}"
             else:
                 heat = gradcam_map(network, image, target, self.target_layer)

@@ -20,10 +20,10 @@ from common.deploy import export_triton
 
 
 def main(bundle: str, out: str, onnx: str | None = None, checkpoint: str | None = None,
-         model_name: str | None = None, max_batch_size: int = 8) -> str:
+         model_name: str | None = None, max_batch_size: int = 8, allow_random_weights: bool = False) -> str:
     """Export ``bundle`` into the Triton model repository ``out``; returns the model folder."""
     model_dir = export_triton(bundle, out, onnx_path=onnx, checkpoint=checkpoint, model_name=model_name,
-                              max_batch_size=max_batch_size)
+                              max_batch_size=max_batch_size, allow_random_weights=allow_random_weights)
     print((model_dir / "config.pbtxt").read_text())
     return str(model_dir)
 

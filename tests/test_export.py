@@ -222,3 +222,45 @@ def test_export_cli_prints_a_json_report(bundle, tmp_path):
     report = json.loads(proc.stdout)
     assert report["passed"] and Path(report["onnx_path"]) == out and out.is_file()
     assert set(report) >= {"max_abs_err", "max_rel_err", "passed", "onnx_path", "opset", "seconds"}
+
+
+class SoftmaxWrapper(torch.nn.Module):
+    """An export wrapper as export_onnx.yaml names it (`wrapper: test_export.SoftmaxWrapper`)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        logits = self.network(image)
+        return [logits.softmax(dim=1), logits.argmax(dim=1, keepdim=True).float()]
+
+
+def test_wrapper_from_export_config(bundle):
+    import yaml
+
+    cfg_path = bundle / "configs" / "export_onnx.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.update(
+        wrapper="test_export.SoftmaxWrapper",
+        outputs=["prob", "label"],
+        dynamic_axes={"image": {0: "batch"}, "prob": {0: "batch"}, "label": {0: "batch"}},
+        parity_shapes=[[2, 1, 32, 32, 32]],
+    )
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    report = export_bundle(bundle, output=bundle / "wrapped.onnx", allow_random_weights=True)
+    assert report["passed"] and set(report["checks"][0]["outputs"]) == {"prob", "label"}
+    prob, label = OnnxRuntimeNetwork(bundle / "wrapped.onnx")(torch.rand(1, 1, 32, 32, 32))
+    assert prob.shape == (1, 2, 32, 32, 32) and torch.allclose(prob.sum(1), torch.ones(1, 32, 32, 32), atol=1e-5)
+    assert label.shape == (1, 1, 32, 32, 32) and set(label.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_export_config_missing_keys(bundle):
+    import yaml
+
+    cfg_path = bundle / "configs" / "export_onnx.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    del cfg["inputs"]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ExportConfigError, match=r"export_onnx.yaml: missing keys \['inputs'\]"):
+        export_bundle(bundle, allow_random_weights=True)

@@ -182,3 +182,15 @@ def test_expression_name_without_import(bundle):
     _edit_yaml(bundle / "configs" / "train.yaml", edit)
     problem = _one(verify_bundle(bundle, check_network=False), "train.yaml", "network", "'common'")
     assert "add `$import common`" in problem
+
+
+def test_onnx_inference_keeping_the_checkpoint_loader(bundle):
+    _edit_yaml(bundle / "configs" / "inference_onnx.yaml", lambda c: c.pop("handlers"))
+    _one(verify_bundle(bundle, check_network=False), "inference.yaml + inference_onnx.yaml", "CheckpointLoader")
+
+
+def test_submodule_used_but_never_imported(bundle):
+    # `$import common` does not load common.<submodule>; an expression reaching into one fails at run time
+    _edit_yaml(bundle / "configs" / "train.yaml", lambda c: c.update(loss="$common.resources.make_loss()"))
+    problem = _one(verify_bundle(bundle, check_network=False), "train.yaml", "loss", "has no attribute 'resources'")
+    assert "$import common.resources" in problem

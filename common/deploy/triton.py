@@ -149,6 +149,7 @@ def export_triton(
     checkpoint: str | Path | None = None,
     model_name: str | None = None,
     max_batch_size: int = 8,
+    allow_random_weights: bool = False,
 ) -> Path:
     """Write ``out/<model_name>/config.pbtxt`` and ``out/<model_name>/1/model.onnx`` for a bundle.
 
@@ -160,6 +161,7 @@ def export_triton(
         checkpoint: weights to export when ``onnx_path`` is None (default: the one export_onnx.yaml names).
         model_name: Triton model name (default: the bundle folder name).
         max_batch_size: largest dynamic batch.
+        allow_random_weights: export an untrained network when there is no checkpoint (tests, dry runs).
 
     Returns:
         the model folder.
@@ -174,7 +176,7 @@ def export_triton(
         from common.export import export_bundle
 
         with atomic_path(target) as tmp:
-            export_bundle(bundle, checkpoint=checkpoint, output=tmp)
+            export_bundle(bundle, checkpoint=checkpoint, output=tmp, allow_random_weights=allow_random_weights)
     else:
         with atomic_path(target) as tmp:
             shutil.copyfile(onnx_path, tmp)

@@ -36,9 +36,11 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2) 
     return _benchmark_ct(n_scans=n_scans, spacing=spacing, num_workers=num_workers)
 
 
-def benchmark_xray(n_images: int = 300, size: int = 256, seed: int = 0) -> dict[str, Any]:
+def benchmark_xray(
+    n_images: int = 300, size: int = 256, seed: int = 0, num_workers: int = 2
+) -> dict[str, Any]:
     """Seconds to generate the 3-class pneumonia CXR set of ``n_images`` at ``size`` px, files included
     (see ``common.synthetic.cxr.benchmark_xray``)."""
     from common.synthetic.cxr import benchmark_xray as _benchmark_xray
 
-    return _benchmark_xray(n_images=n_images, size=size, seed=seed)
+    return _benchmark_xray(n_images=n_images, size=size, seed=seed, num_workers=num_workers)

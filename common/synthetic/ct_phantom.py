@@ -149,7 +149,12 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class _Grid:
-    """The voxel grid in the body frame: index axes (z, x, y) during construction."""
+    """The voxel grid in the body frame.
+
+    During construction volumes are C-ordered ``(z, y, x)`` arrays, so that the final ``(X, Y, Z)`` view
+    (``transpose(2, 1, 0)``, no copy) is Fortran-ordered: x fastest, as NIfTI, MetaImage and DICOM
+    slices store voxels, which makes writing a plain copy. 2D fields are ``(y, x)``.
+    """
 
     def __init__(self, shape_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
                  centre_ij: tuple[float, float], z0: float, theta: float) -> None:
@@ -161,7 +166,7 @@ class _Grid:
         self.yr = ((np.arange(ny) - centre_ij[1]) * sy).astype(np.float32)  # +anterior
         self.z = (z0 + np.arange(nz) * sz).astype(np.float32)  # lung frame: 0 = lowest lung point
         self.cos, self.sin = math.cos(theta), math.sin(theta)
-        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="ij")
+        xr2, yr2 = np.meshgrid(self.xr, self.yr, indexing="xy")  # (ny, nx)
         self.u = (self.cos * xr2 + self.sin * yr2).astype(np.float32)  # patient frame, +right
         self.v = (-self.sin * xr2 + self.cos * yr2).astype(np.float32)  # patient frame, +anterior
 
@@ -197,21 +202,21 @@ def _segment_boxes(
         d = (p1 - p0).astype(np.float32)
         length2 = float(d @ d)
         dz = (grid.z[k0:k1] - np.float32(p0[2]))[:, None, None]
-        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, :, None]
-        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, None, :]
+        dy = (grid.yr[j0:j1] - np.float32(p0[1]))[None, :, None]
+        dx = (grid.xr[i0:i1] - np.float32(p0[0]))[None, None, :]
         if length2 > 1e-9:
             t = np.clip((dx * d[0] + dy * d[1] + dz * d[2]) / length2, 0.0, 1.0)
             qx, qy, qz = dx - t * d[0], dy - t * d[1], dz - t * d[2]
         else:
             qx, qy, qz = dx, dy, dz
         dist = np.sqrt(qx * qx + qy * qy + qz * qz)
-        yield (slice(k0, k1), slice(i0, i1), slice(j0, j1)), dist, index
+        yield (slice(k0, k1), slice(j0, j1), slice(i0, i1)), dist, index
 
 
 def _render_capsules(
     target: np.ndarray, grid: _Grid, segments: Sequence[tuple[np.ndarray, np.ndarray, float]], edge: float
 ) -> None:
-    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, x, y)."""
+    """Max-accumulate the partial-volume fraction of capsules into ``target`` (z, y, x)."""
     for box, dist, index in _segment_boxes(grid, segments, pad=edge):
         radius = segments[index][2]
         frac = np.clip(0.5 + (radius - dist) / edge, 0.0, 1.0)
@@ -363,14 +368,34 @@ def make_chest_phantom(
     carina_z = lung_height * rng.uniform(0.60, 0.68)
 
     # diaphragm surfaces (2D): lowest at the posterior/lateral recesses, dome under each lung
-    def dome_surface(cx: float, dome: float) -> np.ndarray:
-        rho2 = ((u - cx) / (0.75 * a_c0)) ** 2 + ((v - 0.2 * bca0) / (1.05 * bca0)) ** 2
-        z_low = 0.14 * lung_height * np.clip(v / bca0, 0.0, 1.0)
-        return (z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))).astype(np.float32)
+    def dome_surface(uu: np.ndarray, vv: np.ndarray, cx: float, dome: float) -> np.ndarray:
+        rho2 = ((uu - cx) / (0.75 * a_c0)) ** 2 + ((vv - 0.2 * bca0) / (1.05 * bca0)) ** 2
+        z_low = 0.14 * lung_height * np.clip(vv / bca0, 0.0, 1.0)
+        return z_low + (dome - z_low) * (1.0 - np.minimum(rho2, 1.0))
 
-    blend = (1.0 / (1.0 + np.exp(-u / 12.0))).astype(np.float32)
-    z_dia = blend * dome_surface(0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(-0.45 * a_c0, dome_l)
-    z_dia -= 6.0 * s * np.exp(-((u + 0.1 * a_c0) ** 2 + (v - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2)).astype(np.float32)
+    def diaphragm(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
+        blend = 1.0 / (1.0 + np.exp(-uu / 12.0))
+        z = blend * dome_surface(uu, vv, 0.45 * a_c0, dome_r) + (1.0 - blend) * dome_surface(uu, vv, -0.45 * a_c0, dome_l)
+        # the central tendon under the heart sags a little
+        return z - 6.0 * s * np.exp(-((uu + 0.1 * a_c0) ** 2 + (vv - 0.3 * bca0) ** 2) / (2 * (40 * s) ** 2))
+
+    z_dia = diaphragm(u, v).astype(np.float32)
+
+    # interlobar fissures: an oblique fissure in each lung, running from high at the back to the front of
+    # the diaphragm, and the right lung's horizontal fissure in front of it; sheets ~1 mm thick, seen
+    # through partial volume as faint lines
+    fissures = []
+    for side_sign in (1.0, -1.0):
+        z_back = lung_height * rng.uniform(0.6, 0.72)
+        z_front = lung_height * rng.uniform(0.12, 0.25)
+        slope = (z_back - z_front) / (bcp0 + 0.8 * bca0)
+        tilt = rng.uniform(0.3, 0.6) * slope  # lateral parts higher: in an axial slice the fissure runs anterolaterally
+        z_f = (z_back - slope * (v + bcp0) + tilt * (side_sign * u - 0.5 * a_c0)).astype(np.float32)
+        n_z = 1.0 / math.sqrt(1.0 + slope**2)
+        extent = math.hypot(grid.spacing[1] * slope * n_z, grid.spacing[2] * n_z)
+        fissures.append((z_f, n_z, max(extent, grid.spacing[0])))
+    horizontal_z = carina_z - rng.uniform(20.0, 45.0) * s
+    fissure_mm = 0.9
 
     # lung apex ellipses (2D, normalised radius squared)
     ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
@@ -393,7 +418,9 @@ def make_chest_phantom(
     # heart (in-plane rotated ellipsoid sitting on the diaphragm, to the left and anterior)
     heart_axes = np.array([62.0, 47.0, 52.0]) * s * rng.uniform(0.9, 1.12, size=3)
     heart_rot = math.radians(rng.uniform(25.0, 45.0))
-    heart_c = np.array([-0.2 * a_c0, bca0 - 0.95 * heart_axes[1], min(dome_r, dome_l) - 8 * s + 0.75 * heart_axes[2]])
+    heart_uv = (-0.2 * a_c0, bca0 - 0.95 * heart_axes[1])
+    # the heart rests on the diaphragm: its lower third is a column standing on the central tendon
+    heart_c = np.array([*heart_uv, float(diaphragm(np.array(heart_uv[0]), np.array(heart_uv[1]))) + 0.45 * heart_axes[2]])
     hu_c, hs_c = math.cos(heart_rot), math.sin(heart_rot)
     hu_ = (u - heart_c[0]) * hu_c + (v - heart_c[1]) * hs_c
     hv_ = -(u - heart_c[0]) * hs_c + (v - heart_c[1]) * hu_c
@@ -430,12 +457,12 @@ def make_chest_phantom(
     def to_grid(tubes: list) -> list:
         return [(grid.to_grid_frame(p0), grid.to_grid_frame(p1), r) for p0, p1, r in tubes]
 
-    shape_zxy = (nz, matrix, matrix)
-    # structure fractions in (z, x, y)
-    airway_frac = np.zeros(shape_zxy, np.float32)  # trachea + main bronchi, outer wall
-    lumen_frac = np.zeros(shape_zxy, np.float32)
-    aorta_frac = np.zeros(shape_zxy, np.float32)
-    eso_frac = np.zeros(shape_zxy, np.float32)
+    shape_zyx = (nz, matrix, matrix)
+    # structure fractions in (z, y, x)
+    airway_frac = np.zeros(shape_zyx, np.float32)  # trachea + main bronchi, outer wall
+    lumen_frac = np.zeros(shape_zyx, np.float32)
+    aorta_frac = np.zeros(shape_zyx, np.float32)
+    eso_frac = np.zeros(shape_zyx, np.float32)
     _render_capsules(airway_frac, grid, to_grid(airway_tubes), edge)
     _render_capsules(lumen_frac, grid, to_grid([(p0, p1, r - max(1.8 * s, 1.0)) for p0, p1, r in airway_tubes]), edge)
     _render_capsules(aorta_frac, grid, to_grid(aorta_tubes), edge)
@@ -451,8 +478,8 @@ def make_chest_phantom(
     # lung parenchyma HU (2D part): gravity-dependent density gradient + smooth texture
     post_frac = np.clip((bca0 - v) / (bca0 + bcp0), 0.0, 1.0)
     lung_base2d = (lung_hu + gravity_hu * post_frac ** 2).astype(np.float32)
-    tex_a = _random_field_2d(rng, grid.xr, grid.yr, 3, (40.0, 110.0)) * 8.0
-    tex_b = _random_field_2d(rng, grid.xr, grid.yr, 3, (25.0, 70.0)) * 6.0
+    tex_a = _random_field_2d(rng, grid.yr, grid.xr, 3, (40.0, 110.0)) * 8.0
+    tex_b = _random_field_2d(rng, grid.yr, grid.xr, 3, (25.0, 70.0)) * 6.0
     tex_wave = (2 * math.pi / rng.uniform(40, 100), rng.uniform(0, 2 * math.pi))
 
     # rib cage
@@ -468,15 +495,15 @@ def make_chest_phantom(
     # table (2D, same on every slice)
     table2d = None
     if c["table"]:
-        xr2 = np.broadcast_to(grid.xr[:, None], (matrix, matrix))
-        yr2 = np.broadcast_to(grid.yr[None, :], (matrix, matrix))
+        xr2 = np.broadcast_to(grid.xr[None, :], (matrix, matrix))
+        yr2 = np.broadcast_to(grid.yr[:, None], (matrix, matrix))
         top = -b_torso * 0.93 - 4.0 + 0.0009 * xr2 ** 2
         table2d = (yr2 < top) & (yr2 > top - 9.0) & (np.abs(xr2) < 0.85 * fov / 2)
 
-    hu_zxy = np.empty(shape_zxy, np.float32)
-    label_zxy = np.zeros(shape_zxy, np.uint8)
-    bone_zxy = np.zeros(shape_zxy, bool)
-    body_zxy = np.zeros(shape_zxy, bool)
+    hu_zyx = np.empty(shape_zyx, np.float32)
+    label_zyx = np.zeros(shape_zyx, np.uint8)
+    bone_zyx = np.zeros(shape_zyx, bool)
+    body_zyx = np.zeros(shape_zyx, bool)
 
     for k, z in enumerate(grid.z.tolist()):
         a_b, ba_b, bp_b = torso_axes(z)
@@ -518,8 +545,8 @@ def make_chest_phantom(
         v_vb = vertebra_v(z)
         spine_q = (u / (rvb_lr + 4.0 * s)) ** 2 + ((v - v_vb) / (rvb_ap + 4.0 * s)) ** 2
         excl = spine_q < 1.0
-        if abs(z - heart_c[2]) < heart_axes[2] + 4.0 * s:
-            dzh = (z - heart_c[2]) / (heart_axes[2] + 4.0 * s)
+        if z < heart_c[2] + heart_axes[2] + 4.0 * s:
+            dzh = max((z - heart_c[2]) / (heart_axes[2] + 4.0 * s), 0.0)
             excl |= heart_q2d < (1.0 - dzh * dzh) * (1.0 + 4.0 * s / heart_axes[0]) ** 2
         # central mediastinum (great vessels, trachea, oesophagus, left atrium): widest where it meets the
         # heart, narrower toward the neck and the diaphragm
@@ -534,21 +561,33 @@ def make_chest_phantom(
                 continue
             g2 = 1.0 - ((z - widest) / (apex - widest)) ** 2 if z > widest else 1.0
             lung = lung_core & side & (ell < g2 * (1.0 + eps))
-            label_zxy[k][lung] = label
-        lung_any = label_zxy[k] > 0
+            label_zyx[k][lung] = label
+        lung_any = label_zyx[k] > 0
         wave = math.cos(tex_wave[0] * z + tex_wave[1])
-        sl[lung_any] = (lung_base2d + tex_a * wave + tex_b * (1.0 - wave))[lung_any]
+        parenchyma = lung_base2d + tex_a * wave + tex_b * (1.0 - wave)
+        sheet = np.zeros_like(parenchyma)
+        for label, (z_f, n_z, extent) in zip((1, 2), fissures):
+            near = np.abs(z - z_f) * n_z < extent
+            if near.any():
+                cover = (fissure_mm / extent) * np.clip(1.0 - np.abs(z - z_f) * n_z / extent, 0.0, 1.0)
+                sheet = np.where(near & (label_zyx[k] == label), np.maximum(sheet, cover), sheet)
+            if label == 1 and abs(z - horizontal_z) < grid.spacing[2]:
+                cover = (fissure_mm / grid.spacing[2]) * (1.0 - abs(z - horizontal_z) / grid.spacing[2])
+                sheet = np.where((z_f < horizontal_z) & (label_zyx[k] == 1), np.maximum(sheet, cover), sheet)
+        parenchyma = parenchyma * (1.0 - sheet) + 10.0 * sheet
+        sl[lung_any] = parenchyma[lung_any]
 
         # ---- heart, great vessels, airways, oesophagus ----
-        if abs(z - heart_c[2]) < heart_axes[2] * 1.08:
-            dzh = (z - heart_c[2]) / heart_axes[2]
+        if z < heart_c[2] + heart_axes[2] * 1.08:
+            dzh = max((z - heart_c[2]) / heart_axes[2], 0.0)
             f2 = 1.0 - dzh * dzh
+            in_chest = cavity & above
             if f2 > -0.17:
-                sl[(heart_q2d < max(f2, 0.0) * 1.17) & cavity] = -95.0  # epicardial fat
+                sl[(heart_q2d < max(f2, 0.0) * 1.17) & in_chest] = -95.0  # epicardial fat
             if f2 > 0:
-                sl[(heart_q2d < f2) & cavity] = 42.0  # myocardium
+                sl[(heart_q2d < f2) & in_chest] = 42.0  # myocardium
                 if contrast:
-                    sl[(heart_q2d < f2 * 0.55) & cavity] = blood_hu
+                    sl[(heart_q2d < f2 * 0.55) & in_chest] = blood_hu
         frac = aorta_frac[k]
         m = frac > 0
         sl[m] = sl[m] * (1 - frac[m]) + blood_hu * frac[m]
@@ -610,22 +649,22 @@ def make_chest_phantom(
             sl[scap] = 560.0
             bone = bone | scap
 
-        hu_zxy[k] = sl
-        bone_zxy[k] = bone
-        body_zxy[k] = body
+        hu_zyx[k] = sl
+        bone_zyx[k] = bone
+        body_zyx[k] = body
 
     # ---- intrapulmonary vessels and airways ----
-    _add_pulmonary_trees(rng, grid, hu_zxy, label_zxy, c, s, hilum_r, hilum_l, blood_hu, edge)
+    _add_pulmonary_trees(rng, grid, hu_zyx, label_zyx, c, s, hilum_r, hilum_l, blood_hu, edge)
 
     # lung label: trachea and main bronchi are not lung
-    label_zxy[airway_frac > 0.5] = 0
+    label_zyx[airway_frac > 0.5] = 0
 
-    hu = np.ascontiguousarray(hu_zxy.transpose(1, 2, 0))
-    lung_label = np.ascontiguousarray(label_zxy.transpose(1, 2, 0))
-    bone_mask = np.ascontiguousarray(bone_zxy.transpose(1, 2, 0))
-    body_mask = np.ascontiguousarray(body_zxy.transpose(1, 2, 0))
-    airway_mask = np.ascontiguousarray((lumen_frac > 0.5).transpose(1, 2, 0))
-    del hu_zxy, label_zxy, bone_zxy, body_zxy
+    # (z, y, x) C-order -> (x, y, z) Fortran-order views: no copy
+    hu = hu_zyx.transpose(2, 1, 0)
+    lung_label = label_zyx.transpose(2, 1, 0)
+    bone_mask = bone_zyx.transpose(2, 1, 0)
+    body_mask = body_zyx.transpose(2, 1, 0)
+    airway_mask = (lumen_frac > 0.5).transpose(2, 1, 0)
 
     # world frame: RAS, voxel (0,0,0) placed like a scanner reconstruction (isocentre near 0)
     table_z = -rng.uniform(80.0, 350.0)
@@ -658,7 +697,7 @@ def make_chest_phantom(
 
 
 def _add_pulmonary_trees(
-    rng: np.random.Generator, grid: _Grid, hu_zxy: np.ndarray, label_zxy: np.ndarray, c: Mapping[str, Any],
+    rng: np.random.Generator, grid: _Grid, hu_zyx: np.ndarray, label_zyx: np.ndarray, c: Mapping[str, Any],
     s: float, hilum_r: np.ndarray, hilum_l: np.ndarray, blood_hu: float, edge: float,
 ) -> None:
     """Arteries running with the airways, and veins, branching from each hilum to fill the lung."""
@@ -666,13 +705,13 @@ def _add_pulmonary_trees(
     air_gens = int(c["airway_generations"])
     if gens <= 0:
         return
-    nz, nx, ny = hu_zxy.shape
+    nz, ny, nx = hu_zyx.shape
     for label, hilum in ((1, hilum_r), (2, hilum_l)):
         # a cloud of points spread through this lung (a coarse sub-sample of its voxels)
         step = max(1, int(round(4.0 / max(grid.spacing[0], 1e-3))))
         zstep = max(1, int(round(4.0 / grid.spacing[2])))
-        coarse = label_zxy[::zstep, ::step, ::step] == label
-        kk, ii, jj = np.nonzero(coarse)
+        coarse = label_zyx[::zstep, ::step, ::step] == label
+        kk, jj, ii = np.nonzero(coarse)
         if len(kk) < 16:
             continue
         box_lo = np.array([ii.min() * step, jj.min() * step, kk.min() * zstep])
@@ -709,14 +748,14 @@ def _add_pulmonary_trees(
         i0, i1 = int(box_lo[0]), int(min(nx, box_hi[0] + 1))
         j0, j1 = int(box_lo[1]), int(min(ny, box_hi[1] + 1))
         sub = _SubGrid(grid, (i0, i1), (j0, j1), (k0, k1))
-        vfrac = np.zeros((k1 - k0, i1 - i0, j1 - j0), np.float32)
+        vfrac = np.zeros((k1 - k0, j1 - j0, i1 - i0), np.float32)
         wfrac = np.zeros_like(vfrac)
         lfrac = np.zeros_like(vfrac)
         _render_capsules(vfrac, sub, vessels, edge)
         _render_capsules(wfrac, sub, walls, edge)
         _render_capsules(lfrac, sub, lumens, edge)
-        region = hu_zxy[k0:k1, i0:i1, j0:j1]
-        in_lung = label_zxy[k0:k1, i0:i1, j0:j1] == label
+        region = hu_zyx[k0:k1, j0:j1, i0:i1]
+        in_lung = label_zyx[k0:k1, j0:j1, i0:i1] == label
         tissue = np.maximum(vfrac, wfrac)
         val = region * (1.0 - tissue) + blood_hu * vfrac + 35.0 * np.maximum(wfrac - vfrac, 0.0)
         val = val * (1.0 - lfrac) - 1000.0 * lfrac
@@ -761,14 +800,19 @@ def add_ct_noise(phantom: ChestPhantom, rng: np.random.Generator, correlation_px
     """
     from scipy.ndimage import gaussian_filter1d
 
-    noise = rng.standard_normal(phantom.hu.shape, dtype=np.float32)
+    # drawn in (z, y, x) C-order and viewed as (x, y, z): the layout of the phantom's arrays
+    noise = rng.standard_normal(phantom.hu.shape[::-1], dtype=np.float32)
     if correlation_px > 0:
-        noise = gaussian_filter1d(noise, correlation_px, axis=0, mode="wrap")
-        noise = gaussian_filter1d(noise, correlation_px, axis=1, mode="wrap")
+        smoothed = np.empty_like(noise)
+        gaussian_filter1d(noise, correlation_px, axis=2, mode="wrap", truncate=3.0, output=smoothed)
+        gaussian_filter1d(smoothed, correlation_px, axis=1, mode="wrap", truncate=3.0, output=noise)
+        del smoothed
         # the variance of Gaussian-smoothed white noise: 1 / (4 pi sigma^2) for sigma >~ 0.7 voxel
-        kernel = np.exp(-0.5 * (np.arange(-8, 9) / correlation_px) ** 2)
+        radius = int(3.0 * correlation_px + 0.5)
+        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation_px) ** 2)
         kernel /= kernel.sum()
         noise *= np.float32(1.0 / (kernel @ kernel))
+    noise = noise.transpose(2, 1, 0)
     nx, ny, _ = phantom.hu.shape
     ci, cj = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
     profile = (phantom.noise_sd * (1.08 - 0.15 * (ci**2 + cj**2))).astype(np.float32)
@@ -815,9 +859,9 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
 
     out_dir = Path(out_dir)
     rng = make_rng(seed, "lung_ct", number)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     phantom = make_chest_phantom(rng, phantom_cfg)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     write_nifti(out_dir / image_dir / f"{case_id}.nii.gz", phantom.hu, phantom.affine, np.int16)
     write_nifti(out_dir / label_dir / f"{case_id}.nii.gz", phantom.lung_label, phantom.affine, np.uint8)
     if write_mhd:
@@ -826,7 +870,7 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
     if write_dicom:
         write_dicom_ct_series(out_dir / "dicom" / case_id, phantom.hu, phantom.affine, uid_parts=(seed, "lung_ct", case_id),
                               patient_number=number)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     return {
         "id": case_id,
         "shape": list(phantom.shape),
@@ -836,6 +880,8 @@ def _make_lung_case(args: tuple) -> dict[str, Any]:
         "params": phantom.params,
         "seconds_phantom": t1 - t0,
         "seconds_write": t2 - t1,
+        "cpu_seconds_phantom": c1 - c0,
+        "cpu_seconds_write": c2 - c1,
     }
 
 
@@ -941,8 +987,9 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         out_dir: keep the data here instead of a temporary folder.
 
     Returns:
-        ``{"n_scans", "spacing_mm", "num_workers", "seconds", "seconds_per_scan", "mean_shape",
-        "phantom_seconds_mean", "write_seconds_mean"}``.
+        wall ``seconds`` and ``cpu_seconds`` (this process and its workers; ``cpu_seconds / num_workers``
+        is what the run takes on idle cores), per scan, the mean volume shape, the mean wall and CPU
+        seconds of building a phantom and of writing it, and the 1-minute load average at the end.
     """
     import shutil
     import tempfile
@@ -953,11 +1000,17 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         "num_train": n_scans - n_test - n_val, "num_val": n_val, "num_test": n_test, "num_workers": num_workers,
         "phantom": {"in_plane_spacing_mm": spacing, "slice_spacing_mm": [spacing, spacing]},
     }
+    import resource
+
+    def cpu_now() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_ct_"))
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_now()
         generate_lung_ct(target, config=config, seed=0)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, cpu_now() - cpu0
     finally:
         if out_dir is None:
             shutil.rmtree(target, ignore_errors=True)
@@ -969,7 +1022,14 @@ def benchmark_ct(n_scans: int = 20, spacing: float = 1.5, num_workers: int = 2, 
         "num_workers": num_workers,
         "seconds": round(seconds, 2),
         "seconds_per_scan": round(seconds / max(n_scans, 1), 3),
+        # CPU time of this process and its workers: seconds / num_workers is the wall time on otherwise idle
+        # cores, whatever else the machine was doing during the measurement
+        "cpu_seconds": round(cpu_seconds, 2),
+        "cpu_seconds_per_scan": round(cpu_seconds / max(n_scans, 1), 3),
         "mean_shape": [round(float(np.mean([c["shape"][a] for c in cases])), 1) for a in range(3)] if cases else None,
         "phantom_seconds_mean": round(float(np.mean([c["seconds_phantom"] for c in cases])), 3) if cases else None,
         "write_seconds_mean": round(float(np.mean([c["seconds_write"] for c in cases])), 3) if cases else None,
+        "phantom_cpu_seconds_mean": round(float(np.mean([c["cpu_seconds_phantom"] for c in cases])), 3) if cases else None,
+        "write_cpu_seconds_mean": round(float(np.mean([c["cpu_seconds_write"] for c in cases])), 3) if cases else None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }

@@ -31,13 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from common.synthetic._io import (
-    load_config,
-    merge_checked,
-    save_gray_jpeg,
-    save_mask_png,
-    write_dataset_yaml,
-)
+from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
+from common.synthetic.config import load_config, merge_config, write_dataset_yaml
 
 __all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
 
@@ -53,6 +48,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "scans_per_patient": [1, 4],  # inclusive range of B-scans per patient (the name's last number)
     "jpeg_quality": 90,
     "write_masks": True,
+    "num_workers": 1,  # processes rendering in parallel (the files are identical for any value)
     "render": {
         "scan_width_mm": [5.5, 6.5],  # lateral extent of the B-scan
         "depth_um": [1000.0, 1400.0],  # axial extent shown in the image
@@ -154,7 +150,7 @@ def render_oct(
     """
     if label not in CLASSES:
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
-    cfg = merge_checked(DEFAULT_CONFIG["render"], config, "render config")
+    cfg = merge_config(DEFAULT_CONFIG["render"], config, source="render config")
     h, w = (int(s) for s in size)
     width_mm = _u(rng, cfg["scan_width_mm"])
     depth_um = _u(rng, cfg["depth_um"])
@@ -261,19 +257,22 @@ def render_oct(
 
     # ---- reflectivity with anti-aliased boundaries ----
     refl = np.full((h, w), _LAYERS[0][1], dtype=np.float32)
+    yy_px = (yy / np.float32(um_per_px) + np.float32(0.5)).astype(np.float32)
     for k, bound in enumerate(ordered):
-        step = np.clip((yy - bound[None, :].astype(np.float32)) / um_per_px + 0.5, 0.0, 1.0)
-        refl += np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1]) * step
+        step = yy_px - (bound / um_per_px).astype(np.float32)[None, :]
+        np.clip(step, 0.0, 1.0, out=step)
+        step *= np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1])
+        refl += step
     # choroid: large dark vessel lumens in stroma (Haller's layer), a smooth texture elsewhere
     choroid_band = (yy > bruch[None, :]) & (yy < b["choroid/sclera"][None, :])
-    vessels = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (2.5, 5.0))
+    vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (2.5, 5.0))
     vessels /= vessels.std() + 1e-6
     depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
     lumen = (vessels > 0.6 - 0.5 * depth_in_choroid) & choroid_band
     refl = np.where(lumen, np.float32(0.10), refl)
     # gentle lateral texture in every layer (vessels, reflectivity variation)
     refl *= (
-        1.0 + 0.15 * ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (1.0, 6.0)) * 3.0
+        1.0 + 0.15 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (1.0, 6.0)) * 3.0
     )
 
     # ---- lesions on top of the layers ----
@@ -297,7 +296,7 @@ def render_oct(
             & (yy < lesion_bottom[None, :])
             & (cnv_height[None, :] > 2)
         )
-        tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), 2.0) * 4.0
+        tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 2.0) * 4.0
         refl = np.where(les, np.clip(tex, 0.3, 1.0).astype(np.float32), refl)
         ped = (yy >= (rpe_top_d + rpe_thick)[None, :]) & (yy < bruch[None, :]) & (ped_height[None, :] > 2)
         refl = np.where(ped, np.float32(0.03), refl)
@@ -305,7 +304,6 @@ def render_oct(
     elif label == "DME":
         cysts = np.zeros((h, w), dtype=bool)
         n = int(rng.integers(3, 14))
-        cols = np.arange(w)
         for _ in range(n):
             cx = fovea + rng.normal(0, 0.7)
             ci = int(np.clip(np.searchsorted(x, cx), 0, w - 1))
@@ -321,7 +319,6 @@ def render_oct(
             rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
             inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
             cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
-        del cols
         refl = np.where(cysts, np.float32(0.012), refl)
         # hyperreflective foci (lipid exudates) in the outer plexiform layer
         for _ in range(int(rng.integers(0, 6))):
@@ -347,8 +344,8 @@ def render_oct(
     grain = _u(rng, cfg["speckle_grain_px"])
     speckle = np.zeros((h, w), dtype=np.float32)
     for _ in range(looks):
-        re = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (grain, grain * 1.6))
-        im = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(np.float32), (grain, grain * 1.6))
+        re = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
+        im = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
         speckle += re * re + im * im
     speckle /= speckle.mean()
     floor = _u(rng, cfg["noise_floor"])
@@ -382,6 +379,15 @@ def _patients_for(rng: np.random.Generator, n_images: int, per_patient: Any) -> 
     return counts
 
 
+def _write_oct_job(args: tuple) -> None:
+    (out, size, render_cfg, quality, write_masks), (split, cls, pid, n), seed = args
+    sample = render_oct(np.random.default_rng(seed), cls, size=size, config=render_cfg)
+    rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
+    save_gray_jpeg(out / rel, sample["image"], quality=quality)
+    if write_masks:
+        save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+
+
 def generate_oct(
     out_dir: str | os.PathLike, config: str | os.PathLike | dict | None = None, seed: int = 0
 ) -> Path:
@@ -399,8 +405,6 @@ def generate_oct(
     Returns:
         the output folder.
     """
-    from tqdm import tqdm
-
     cfg = load_config(DEFAULT_CONFIG, config)
     out = Path(out_dir)
     size = tuple(int(s) for s in cfg["image_size"])
@@ -422,16 +426,15 @@ def generate_oct(
                 for n in range(1, count + 1):
                     jobs.append((split, cls, pid, n))
     seeds = rng.integers(0, 2**63 - 1, size=len(jobs))
+    task = (out, size, cfg["render"], int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
+    parallel_map(
+        _write_oct_job, [(task, job, int(s)) for job, s in zip(jobs, seeds)], cfg["num_workers"], "oct"
+    )
     counts_out: dict[str, dict[str, int]] = {s: dict.fromkeys(CLASSES, 0) for s in cfg["splits"]}
-    for (split, cls, pid, n), s in tqdm(list(zip(jobs, seeds)), desc="oct", unit="img"):
-        sample = render_oct(np.random.default_rng(int(s)), cls, size=size, config=cfg["render"])
-        rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
-        save_gray_jpeg(out / rel, sample["image"], quality=int(cfg["jpeg_quality"]))
-        if cfg["write_masks"]:
-            save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+    for split, cls, _, _ in jobs:
         counts_out[split][cls] += 1
     write_dataset_yaml(
-        out / "dataset.yaml",
+        out,
         {
             "name": "synthetic_oct2017",
             "layout": "Kermany OCT2017: OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg",
@@ -444,7 +447,7 @@ def generate_oct(
             "lesion_masks": "lesion_masks/<image path>.png (255 = lesion: CNV lesion + fluid, DME fluid, drusen)"
             if cfg["write_masks"]
             else None,
-            "config": cfg,
+            "config": {k: v for k, v in cfg.items() if k != "num_workers"},  # files do not depend on it
         },
     )
     return out

@@ -110,7 +110,8 @@ def write_nifti(
     if np.issubdtype(dtype, np.integer) and not np.issubdtype(data.dtype, np.integer):
         info = np.iinfo(dtype)
         data = np.clip(np.rint(data), info.min, info.max)
-    data = np.ascontiguousarray(data.astype(dtype, copy=False))
+    # NIfTI stores x fastest: a Fortran-ordered array is written without a transposing copy
+    data = np.asfortranarray(data.astype(dtype, copy=False))
     affine = np.asarray(affine_ras, dtype=np.float64)
     image = nib.Nifti1Image(data, affine)
     image.header.set_data_dtype(dtype)
@@ -145,7 +146,7 @@ def write_mhd_volume(
         info = np.iinfo(dtype)
         data = np.clip(np.rint(data), info.min, info.max)
     view, spacing, origin_lps = lps_view(data.astype(dtype, copy=False), affine_ras)
-    return Path(write_mhd(path, np.ascontiguousarray(view), tuple(spacing), tuple(origin_lps)))
+    return Path(write_mhd(path, view, tuple(spacing), tuple(origin_lps)))
 
 
 def write_dicom_ct_series(
@@ -189,7 +190,7 @@ def write_dicom_ct_series(
     folder = Path(folder)
     view, spacing, origin_lps = lps_view(np.asarray(hu), affine_ras)
     n_cols, n_rows, n_slices = view.shape  # column index -> +L (x), row index -> +P (y)
-    stored = np.rint(np.asarray(view, dtype=np.float64) - rescale_intercept)
+    stored = np.rint(np.asarray(view, dtype=np.float32) - np.float32(rescale_intercept))
     stored = np.clip(stored, -32768, 32767).astype("<i2")
 
     study_uid = study_uid or deterministic_uid(*uid_parts, "study")
@@ -198,74 +199,81 @@ def write_dicom_ct_series(
     patient_name = f"SYNTH^{patient_number:04d}"
     patient_id = f"SYNTH{patient_number:04d}"
 
+    # one dataset holds the attributes every slice shares; per slice only identity, position and pixels change
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.AccessionNumber = ""
+    ds.Modality = "CT"
+    ds.Manufacturer = "SYNTHETIC"
+    ds.InstitutionName = "Synthetic data engine"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Synthetic chest CT phantom"
+    ds.SeriesDescription = series_description
+    ds.ManufacturerModelName = "common.synthetic"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.PatientIdentityRemoved = "YES"
+    ds.BodyPartExamined = "CHEST"
+    ds.SliceThickness = f"{spacing[2]:.6g}"
+    ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
+    ds.KVP = f"{kvp:g}"
+    ds.ConvolutionKernel = "STANDARD"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in origin_lps]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = f"{origin_lps[2]:.6f}"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = n_rows
+    ds.Columns = n_cols
+    ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]  # row spacing (y), column spacing (x)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.WindowCenter = "-600"
+    ds.WindowWidth = "1500"
+    ds.RescaleIntercept = f"{rescale_intercept:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.PixelData = b""
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         for order, k in enumerate(range(n_slices - 1, -1, -1)):  # most superior slice first
             instance = order + 1
             sop_uid = deterministic_uid(*uid_parts, "slice", k)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
             meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-            ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-            ds.SOPClassUID = CTImageStorage
             ds.SOPInstanceUID = sop_uid
-            ds.StudyDate = ""
-            ds.StudyTime = ""
-            ds.AccessionNumber = ""
-            ds.Modality = "CT"
-            ds.Manufacturer = "SYNTHETIC"
-            ds.InstitutionName = "Synthetic data engine"
-            ds.ReferringPhysicianName = ""
-            ds.StudyDescription = "Synthetic chest CT phantom"
-            ds.SeriesDescription = series_description
-            ds.ManufacturerModelName = "common.synthetic"
-            ds.PatientName = patient_name
-            ds.PatientID = patient_id
-            ds.PatientBirthDate = ""
-            ds.PatientSex = "O"
-            ds.PatientIdentityRemoved = "YES"
-            ds.BodyPartExamined = "CHEST"
-            ds.SliceThickness = f"{spacing[2]:.6g}"
-            ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
-            ds.KVP = f"{kvp:g}"
-            ds.ConvolutionKernel = "STANDARD"
-            ds.PatientPosition = "HFS"
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.StudyID = "1"
-            ds.SeriesNumber = 1
-            ds.AcquisitionNumber = 1
             ds.InstanceNumber = instance
             position = origin_lps + np.array([0.0, 0.0, spacing[2] * k])
             ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-            ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-            ds.FrameOfReferenceUID = frame_uid
-            ds.PositionReferenceIndicator = ""
             ds.SliceLocation = f"{position[2]:.6f}"
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = n_rows
-            ds.Columns = n_cols
-            ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]  # row spacing (y), column spacing (x)
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.WindowCenter = "-600"
-            ds.WindowWidth = "1500"
-            ds.RescaleIntercept = f"{rescale_intercept:g}"
-            ds.RescaleSlope = "1"
-            ds.RescaleType = "HU"
             # DICOM pixel (row r, column c) is voxel (c, r) of the LPS view
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
             ds.save_as(tmp_dir / f"CT{instance:06d}.dcm", enforce_file_format=True)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp_dir, folder)
+        folder.chmod(0o755)  # mkdtemp made it private
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)

@@ -30,6 +30,7 @@ from monai.transforms import MapTransform
 from common.errors import InputDataError
 from common.transforms._image2d import read_2d
 from common.transforms._meta import make_meta_tensor
+from common.transforms.radiograph import LoadRadiographd
 
 __all__ = ["LoadOCTd", "OCTNormalized", "load_oct", "OCT_DICOM_MODALITIES"]
 
@@ -48,7 +49,7 @@ def load_oct(
     return make_meta_tensor(grey, np.eye(4), path, extra)
 
 
-class LoadOCTd(MapTransform):
+class LoadOCTd(LoadRadiographd):
     """Load OCT B-scans (JPEG/PNG/TIFF or single-frame DICOM) as ``(1, H, W)`` float32 in [0, 1].
 
     Args:
@@ -57,20 +58,15 @@ class LoadOCTd(MapTransform):
         allow_missing_keys: don't raise if a key is missing.
     """
 
+    reader = staticmethod(load_oct)
+
     def __init__(
         self,
         keys: KeysCollection,
         modalities: Sequence[str] = OCT_DICOM_MODALITIES,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.modalities = tuple(m.upper() for m in modalities)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = load_oct(d[key], self.modalities)
-        return d
+        super().__init__(keys, modalities, allow_missing_keys)
 
 
 class OCTNormalized(MapTransform):

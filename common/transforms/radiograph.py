@@ -70,6 +70,9 @@ class LoadRadiographd(MapTransform):
         allow_missing_keys: don't raise if a key is missing.
     """
 
+    # the reader of one file; subclasses for other 2D modalities (OCT) swap it
+    reader = staticmethod(load_radiograph)
+
     def __init__(
         self,
         keys: KeysCollection,
@@ -82,7 +85,7 @@ class LoadRadiographd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = load_radiograph(d[key], self.modalities)
+            d[key] = self.reader(d[key], self.modalities)
         return d
 
 

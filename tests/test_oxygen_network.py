@@ -1,0 +1,105 @@
+"""OxygenRiskNet: consistent cumulative risks for any weights and inputs, modes, missing modalities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.oxygen.network import OxygenRiskNet, ordinal_logits
+
+N_FEATURES = 20
+
+
+def _inputs(batch: int, seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 1, size, size, generator=g)
+    values = torch.randn(batch, N_FEATURES, generator=g) * 3
+    missing = (torch.rand(batch, N_FEATURES, generator=g) < 0.4).float()
+    return image, torch.cat([values, missing], dim=1)
+
+
+def _assert_consistent(logits: torch.Tensor, n_levels: int = 4) -> None:
+    p = torch.sigmoid(logits.double())
+    p24, p72 = p[:, :n_levels], p[:, n_levels:]
+    assert (p24[:, 1:] <= p24[:, :-1] + 1e-9).all(), "24 h: a higher level more likely than a lower one"
+    assert (p72[:, 1:] <= p72[:, :-1] + 1e-9).all(), "72 h: a higher level more likely than a lower one"
+    assert (p72 >= p24 - 1e-9).all(), "72 h risk below the 24 h risk"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ordinal_map_is_consistent_for_any_raw_output(seed):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randn(256, 8, generator=g) * (10 ** (seed % 4 - 1))  # scales 0.1 .. 100
+    _assert_consistent(ordinal_logits(raw, 4))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_network_consistent_for_random_weights(seed):
+    torch.manual_seed(seed)
+    net = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16))
+    with torch.no_grad():  # far from the trained regime: large random weights everywhere
+        for p in net.parameters():
+            p.normal_(0.0, 1.0 + seed)
+    net.eval()
+    with torch.no_grad():
+        _assert_consistent(net(*_inputs(16, seed)))
+
+
+def test_modes_ignore_the_other_input():
+    torch.manual_seed(0)
+    image, ehr = _inputs(4, 1)
+    other_image, other_ehr = _inputs(4, 2)
+    for mode, same in (("image", (image, other_ehr)), ("ehr", (other_image, ehr))):
+        net = OxygenRiskNet(N_FEATURES, mode=mode, image_channels=(8, 8, 16, 16)).eval()
+        with torch.no_grad():
+            assert torch.allclose(net(image, ehr), net(*same), atol=1e-6), mode
+    both = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(both(image, ehr), both(image, other_ehr))
+        assert not torch.allclose(both(image, ehr), both(other_image, ehr))
+
+
+def test_absent_inputs_are_detected():
+    net = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16)).eval()
+    image, ehr = _inputs(3, 0)
+    image[1] = 0.0  # no radiograph
+    ehr[2, N_FEATURES:] = 1.0  # every EHR value missing
+    img_ok, ehr_ok = net.availability(image, ehr)
+    assert img_ok.squeeze(1).tolist() == [1.0, 0.0, 1.0]
+    assert ehr_ok.squeeze(1).tolist() == [1.0, 1.0, 0.0]
+    with torch.no_grad():
+        # with no image, the image content cannot matter
+        a = net(torch.zeros_like(image), ehr)
+        assert torch.isfinite(a).all()
+
+
+def test_modality_dropout_only_in_training():
+    torch.manual_seed(0)
+    net = OxygenRiskNet(N_FEATURES, modality_dropout=0.5, image_channels=(8, 8, 16, 16))
+    image, ehr = _inputs(200, 3)
+    net.train()
+    img_ok, ehr_ok = net.availability(image, ehr)
+    assert 0.1 < (1 - img_ok).mean() < 0.4 and 0.1 < (1 - ehr_ok).mean() < 0.4
+    assert ((img_ok + ehr_ok) >= 1).all()  # never both hidden
+    net.eval()
+    img_ok, ehr_ok = net.availability(image, ehr)
+    assert img_ok.all() and ehr_ok.all()
+
+
+def test_trains_on_a_toy_problem():
+    torch.manual_seed(0)
+    net = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16))
+    image, ehr = _inputs(64, 4, size=32)
+    severity = ehr[:, 0].contiguous()
+    levels = torch.bucketize(severity, torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+    target = torch.stack([(levels >= k).float() for k in range(1, 5)] * 2, dim=1)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = loss_fn(net(image, ehr), target)
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first
