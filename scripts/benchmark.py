@@ -171,7 +171,8 @@ def summarise(figures: dict) -> dict:
     """
     row = {"latency_pytorch": "-", "latency_onnxruntime": "-", "throughput_pytorch": "-",
            "throughput_onnxruntime": "-", "train": "-", "peak_inference_mib": "-", "peak_train_mib": "-"}
-    flat = _flatten({k: v for k, v in figures.items() if k != "training"})
+    # "targets" holds the bundle's budgets (e.g. peak_rss_mib_max), not measurements
+    flat = _flatten({k: v for k, v in figures.items() if k not in ("training", "targets")})
     per_scan = {b: figures.get(b, {}).get("seconds_per_scan") for b in ("pytorch", "onnxruntime")
                 if isinstance(figures.get(b), dict)}
     if any(v is not None for v in per_scan.values()):
