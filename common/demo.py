@@ -761,6 +761,9 @@ def training_speed(bundle: str, dataset_dir: str, iterations: int = 8, warmup: i
         values["max_epochs"] = 10**6
         for key, value in values.items():
             parser[key] = value
+        if "initialize" in parser:
+            # what `monai.bundle run` does first: seeds, and set-up such as the detector's matcher and sampler
+            parser.get_parsed_content("initialize")
         trainer = parser.get_parsed_content("train#trainer")
         stamps: list[float] = []
         cpu: list[float] = []
