@@ -699,11 +699,12 @@ def summary_markdown(rows: Sequence[Row], pngs: Sequence[Path], wall_seconds: fl
         render_table(rows),
         "## Demo-scale settings",
         "",
-        "| bundle | synthetic data (generator config) | training overrides | evaluation overrides |",
-        "|---|---|---|---|",
+        "| bundle | synthetic data (generator config) | seed | training overrides | evaluation overrides |",
+        "|---|---|---|---|---|",
     ]
     for name, s in settings.items():
-        parts.append(f"| {name} | `{json.dumps(s['synthetic'])}` | `{json.dumps(s['train'])}` | `{json.dumps(s['evaluate'])}` |")
+        parts.append(f"| {name} | `{json.dumps(s['synthetic'])}` | {s.get('seed', 0)} | `{json.dumps(s['train'])}` "
+                     f"| `{json.dumps(s['evaluate'])}` |")
     parts += ["", "## Figures", ""]
     parts += [f"![{p.stem}]({p.name})" for p in pngs]
     return "\n".join(parts) + "\n"

@@ -99,8 +99,8 @@ def main(
         pngs += collect_pngs(DEMOS[name], out_dir, out_dir)
     bar.close()
     wall = time.perf_counter() - start
-    settings = {n: {"synthetic": DEMOS[n].synthetic, "train": DEMOS[n].train, "evaluate": DEMOS[n].evaluate}
-                for n in names}
+    settings = {n: {"synthetic": DEMOS[n].synthetic, "seed": DEMOS[n].seed, "train": DEMOS[n].train,
+                    "evaluate": DEMOS[n].evaluate} for n in names}
     summary = summary_markdown(rows, [p.relative_to(out_dir) for p in pngs], wall, settings)
     atomic_write_text(out_dir / "summary.md", summary)
     print()
