@@ -200,7 +200,10 @@ def summarise(figures: dict) -> dict:
                     row[f"latency_{backend}"] = f"{small[f'{backend}_ms']:.3g} ms (batch {b1})"
                 if large.get(f"{backend}_per_s") is not None:
                     row[f"throughput_{backend}"] = f"{large[f'{backend}_per_s']:.4g}/s (batch {bn})"
-    peaks = [v for k, v in flat.items() if "peak_rss" in k and isinstance(v, (int, float))]
+    # the bundle's own inference peaks; the target process's peak (which may include e.g. drawing a test
+    # scan) only when the bundle reports none
+    peaks = [v for k, v in flat.items() if "peak_rss" in k and k != "process_peak_rss_mib"
+             and isinstance(v, (int, float))] or [v for k, v in flat.items() if k == "process_peak_rss_mib"]
     if peaks:
         row["peak_inference_mib"] = f"{max(peaks):.0f}"
     training = figures.get("training")

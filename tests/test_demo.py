@@ -242,6 +242,7 @@ def test_benchmark_markdown_has_one_row_per_bundle():
                 "pytorch": {"seconds_per_scan": 12.0, "peak_rss_mib": 1500.0},
                 "onnxruntime": {"seconds_per_scan": 8.0, "peak_rss_mib": 1300.0},
                 "targets": {"seconds_per_scan_max": 25.0, "peak_rss_mib_max": 2048.0},
+                "process_peak_rss_mib": 1900.0,
                 "training": {"iterations_per_s": 0.5, "batch_size": 2, "cpu_seconds_per_iteration": 3.9,
                              "peak_rss_mib": 2100.0},
             },
