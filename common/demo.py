@@ -101,9 +101,10 @@ class BundleDemo:
 
 # ---------------------------------------------------------------------------------------------------------
 # THE demo-scale settings: those of each model card's synthetic acceptance run (data config + seed, training
-# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22, one thread per step, on the
-# shared 2-core machine (load average 6-9): CPU seconds of all steps (data included) seg 120, det 113,
-# oct 142, cxr 119, o2 83; wall clock there 4-7 min per bundle, on an idle 2-core machine about the CPU time.
+# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22, a fresh run of all five,
+# one thread per step, on the 2-core machine shared with other jobs (load average 1.5-3.6): 569 s wall
+# clock; per bundle wall (CPU) seconds, data included: seg 121 (118), det 123 (110), oct 135 (126),
+# cxr 118 (108) + 5 for the shipped weights, o2 72 (68).
 # ---------------------------------------------------------------------------------------------------------
 DEMOS: dict[str, BundleDemo] = {
     "lung_ct_segmentation": BundleDemo(
