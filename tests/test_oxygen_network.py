@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.oxygen.network import OxygenRiskNet, ordinal_logits
+from common.oxygen.network import OxygenRiskNet, ordinal_logits, parameter_groups
 
 N_FEATURES = 20
 
@@ -103,3 +103,22 @@ def test_trains_on_a_toy_problem():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
+
+
+def test_parameter_groups_cover_every_weight_once_with_their_learning_rates():
+    net = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16))
+    groups = parameter_groups(net, 1e-3, wide_lr_scale=10.0, image_lr_scale=0.5)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in net.parameters())  # each parameter in exactly one group
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(net.wide.weight)] == pytest.approx(1e-2)
+    assert all(lr_of[id(p)] == pytest.approx(5e-4) for p in net.image_encoder.parameters())
+    assert lr_of[id(net.head.weight)] == pytest.approx(1e-3)
+    # the optimizer built from the groups steps the wide path 10x further than the head (Adam: ~lr per step)
+    opt = torch.optim.Adam(groups)
+    image, ehr = _inputs(4, seed=0)
+    before_wide, before_head = net.wide.weight.detach().clone(), net.head.weight.detach().clone()
+    net(image, ehr).sum().backward()
+    opt.step()
+    assert (net.wide.weight.detach() - before_wide).abs().max().item() == pytest.approx(1e-2, rel=1e-3)
+    assert (net.head.weight.detach() - before_head).abs().max().item() == pytest.approx(1e-3, rel=1e-3)

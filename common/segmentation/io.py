@@ -1,0 +1,168 @@
+"""Inputs and outputs of lung segmentation: listing the cases of a folder, writing label maps.
+
+:func:`inference_datalist` accepts what a user points the bundle at: a folder of NIfTI/MHD volumes and
+DICOM series folders, one such file or folder, or a datalist JSON (MSD/decathlon style).
+:class:`SaveLabelMapd` writes each label map as NIfTI with the affine of the image it was computed
+from, to a temporary name that is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from common.errors import InputDataError
+from common.io.atomic import atomic_path
+from common.segmentation.report import case_name
+
+logger = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() and _is_dicom_file(p) for p in sorted(path.iterdir())[:20])
+
+
+def list_ct_inputs(folder: str | os.PathLike) -> list[str]:
+    """CT inputs in ``folder``: NIfTI/MHD files and DICOM series sub-folders (sorted by name).
+
+    A folder that itself holds DICOM files is one series. Hidden files and label folders are skipped.
+    """
+    root = Path(folder)
+    if _is_dicom_folder(root):
+        return [str(root)]
+    found = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.name.lower().endswith(VOLUME_SUFFIXES):
+            found.append(str(entry))
+        elif _is_dicom_folder(entry):
+            found.append(str(entry))
+    return found
+
+
+def inference_datalist(dataset_dir: str | os.PathLike, datalist: str = "", key: str = "testing") -> list[dict]:
+    """The ``[{"image": path}, ...]`` list a batch inference runs on.
+
+    Args:
+        dataset_dir: a folder of cases (NIfTI, MHD, DICOM series folders), one case (file or DICOM
+            folder), or a datalist JSON file.
+        datalist: a datalist JSON (MSD/decathlon style, or a plain list) to use instead of listing
+            ``dataset_dir``; relative paths in it are relative to the JSON's folder.
+        key: the datalist's list to read (``testing``, ``validation``, ``training``).
+
+    Raises:
+        InputDataError: nothing usable is found.
+    """
+    source = Path(datalist) if datalist else Path(dataset_dir)
+    if not source.exists():
+        raise InputDataError(source, "does not exist")
+    if source.is_file() and source.suffix.lower() == ".json":
+        with open(source) as f:
+            content = json.load(f)
+        items = content if isinstance(content, list) else content.get(key)
+        if items is None:
+            raise InputDataError(source, f"datalist has no {key!r} list")
+        base = source.parent
+        cases = []
+        for item in items:
+            image = item["image"] if isinstance(item, dict) else item
+            cases.append({"image": str(image if os.path.isabs(image) else base / image)})
+    elif source.is_file() or _is_dicom_folder(source):
+        cases = [{"image": str(source)}]
+    else:
+        cases = [{"image": p} for p in list_ct_inputs(source)]
+    if not cases:
+        raise InputDataError(source, "no CT volumes found (expected .nii/.nii.gz/.mhd files or DICOM series folders)")
+    return cases
+
+
+class SaveLabelMapd(MapTransform):
+    """Write label maps as NIfTI (uint8) with the affine they carry, atomically.
+
+    The file is ``<output_dir>/<case><postfix><ext>``, the case name taken from the image's
+    ``filename_or_obj`` (file name without suffixes, or the DICOM folder's name). With ``data_root_dir``
+    the input's sub-folders below it are kept, so cases with the same name in different folders do not
+    overwrite each other.
+
+    Args:
+        keys: label map keys: ``(1, X, Y, Z)`` MetaTensors on the input's grid.
+        output_dir: output folder.
+        output_postfix: appended to the case name.
+        output_ext: ``.nii.gz`` or ``.nii``.
+        data_root_dir: optional input root whose relative folder structure is mirrored.
+        meta_key: key whose meta holds ``filename_or_obj`` (defaults to the label map's own meta).
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        output_postfix: str = "_seg",
+        output_ext: str = ".nii.gz",
+        data_root_dir: str | os.PathLike = "",
+        meta_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.output_ext = output_ext
+        self.data_root_dir = Path(data_root_dir) if data_root_dir else None
+        self.meta_key = meta_key
+
+    def output_path(self, source: str) -> Path:
+        """Where the label map of the image ``source`` is written."""
+        folder = self.output_dir
+        if self.data_root_dir is not None:
+            try:
+                folder = folder / Path(source).resolve().parent.relative_to(self.data_root_dir.resolve())
+            except ValueError:
+                pass
+        return folder / f"{case_name(source)}{self.output_postfix}{self.output_ext}"
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            if not isinstance(label, MetaTensor):
+                raise TypeError(f"{key!r} must be a MetaTensor carrying the affine to write")
+            meta_src = d[self.meta_key] if self.meta_key else label
+            source = str(meta_src.meta.get("filename_or_obj", "case"))
+            array = label.as_tensor().detach().cpu().numpy()
+            array = array[0] if array.ndim == 4 else array
+            affine = np.asarray(label.affine, dtype=np.float64)
+            image = nib.Nifti1Image(array.astype(np.uint8, copy=False), affine)
+            image.set_qform(affine, code=1)
+            image.set_sform(affine, code=1)
+            image.header.set_xyzt_units("mm")
+            path = self.output_path(source)
+            with atomic_path(path) as tmp:
+                nib.save(image, str(tmp))
+            label.meta["saved_to"] = str(path)
+            logger.info("wrote %s", path)
+        return d

@@ -1,0 +1,141 @@
+"""The shipped weights of ``pediatric_cxr_pneumonia_classification`` (trained on the real ChestXRay2017 split).
+
+* Always: the file's sha256 is the one the model card and metadata.json state, it is at most 25 MB, it
+  loads with ``torch.load(..., weights_only=True)`` into the network ``configs/inference.yaml`` builds,
+  and its ONNX export passes the parity check.
+* Where the real training split is present (``../shared/data/chest_xray2017_train224`` beside the
+  repository, or the folder named by ``CHESTXRAY2017_TRAIN224``; skipped otherwise): on 60 images of the bundle's own patient-level validation split
+  (20 per class, a seeded class-stratified subset), preprocessed by the bundle's inference pipeline,
+  pneumonia vs normal AUROC >= 0.90; and 15 of them given as "full-size" non-square files (1200 x 900,
+  the squash undone) get nearly the same pneumonia probability after the inference preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "pediatric_cxr_pneumonia_classification"
+WEIGHTS = BUNDLE / "models" / "model.pt"
+# beside the repository (``../shared/data``); CHESTXRAY2017_TRAIN224 points elsewhere (e.g. from a git worktree)
+REAL_DATA = Path(
+    os.environ.get("CHESTXRAY2017_TRAIN224", REPO.parent / "shared" / "data" / "chest_xray2017_train224")
+)
+N_PER_CLASS = 20
+SUBSET_SEED = 0
+N_FULL_SIZE_PER_CLASS = 5
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parser(*config_files: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in config_files])
+    parser["bundle_root"] = str(BUNDLE)
+    return parser
+
+
+def _inference_network() -> torch.nn.Module:
+    parser = _parser("inference.yaml")
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)  # strict: every tensor name and shape of the shipped architecture
+    return network.eval()
+
+
+def test_weights_file_matches_card_and_metadata():
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is not shipped"
+    assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    sha = _sha256(WEIGHTS)
+    card = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
+    stated = set(re.findall(r"sha256[^0-9a-f]*([0-9a-f]{64})", card))
+    assert stated == {sha}, f"model card states sha256 {stated}, file is {sha}"
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert sha in json.dumps(metadata), "metadata.json does not state the file's sha256"
+
+
+def test_weights_load_safely_into_the_inference_network():
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    network = _inference_network()
+    size = _parser("inference.yaml").get_parsed_content("image_size")
+    with torch.no_grad():
+        logits = network(torch.randn(2, 1, size, size))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_onnx_export_of_the_shipped_weights_passes_parity(tmp_path):
+    from common.export import export_bundle
+
+    report = export_bundle(BUNDLE, checkpoint=WEIGHTS, output=tmp_path / "model.onnx")
+    assert report["passed"] and (tmp_path / "model.onnx").is_file()
+
+
+def _validation_subset() -> list[dict]:
+    from common.data.kermany import datalist
+
+    train = _parser("train.yaml")
+    val = datalist(
+        REAL_DATA, "cxr", "validation", train["val_fraction"], train["split_seed"], train["num_classes"]
+    )
+    rng = np.random.default_rng(SUBSET_SEED)
+    subset = []
+    for label in range(3):
+        entries = [e for e in val if e["label"] == label]
+        picks = rng.choice(len(entries), size=N_PER_CLASS, replace=False)
+        subset += [entries[i] for i in sorted(picks)]
+    return subset
+
+
+def _probabilities(network: torch.nn.Module, files: list[str]) -> np.ndarray:
+    preprocessing = _parser("inference.yaml").get_parsed_content("preprocessing")
+    images = torch.stack([preprocessing({"image": f})["image"].as_tensor() for f in files])
+    with torch.no_grad():
+        return torch.softmax(network(images), dim=1).numpy()
+
+
+@pytest.mark.skipif(
+    not REAL_DATA.is_dir(), reason=f"real ChestXRay2017 training split not present at {REAL_DATA}"
+)
+def test_pneumonia_auc_on_validation_images_and_full_size_inputs(tmp_path):
+    from PIL import Image
+
+    from common.metrics.classification import roc_auc
+
+    subset = _validation_subset()
+    labels = np.array([e["label"] for e in subset])
+    network = _inference_network()
+    probs = _probabilities(network, [e["image"] for e in subset])
+    is_pneumonia = (labels > 0).astype(int)
+    auc = roc_auc(is_pneumonia, 1.0 - probs[:, 0])
+    assert auc >= 0.90, f"pneumonia vs normal AUROC {auc:.3f} on {len(subset)} validation images"
+
+    # the training copies are full-size CXRs squashed to 224 x 224; un-squash some to a typical 4:3 original
+    # (1200 wide, 900 high) and check that inference squashes them back to what training saw
+    picks = [i for label in range(3) for i in np.flatnonzero(labels == label)[:N_FULL_SIZE_PER_CLASS]]
+    full = []
+    for i in picks:
+        path = tmp_path / f"full_{i}.png"
+        Image.open(subset[i]["image"]).convert("L").resize((1200, 900), Image.Resampling.BICUBIC).save(path)
+        full.append(str(path))
+    p_pneu = 1.0 - probs[picks, 0]
+    p_pneu_full = 1.0 - _probabilities(network, full)[:, 0]
+    assert np.median(np.abs(p_pneu_full - p_pneu)) < 0.05
+    assert ((p_pneu_full >= 0.5) == (p_pneu >= 0.5)).mean() >= 0.9
