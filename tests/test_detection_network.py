@@ -166,3 +166,19 @@ def test_report_metrics_on_a_known_case():
     }
     assert malignancy_agreement(records)["num_rated_detected"] == 1
     assert coco_map(records)["mAP_IoU_0.10_0.50_0.05_MaxDet_100"] > 0.4
+
+
+def test_unmatched_anchors_inside_a_nodule_are_ignored_not_negative():
+    from common.detection.detector import ignore_unmatched_inside_boxes
+
+    anchors = torch.tensor(
+        [[0.0, 0, 0, 4, 4, 4], [2.0, 2, 2, 6, 6, 6], [10.0, 10, 10, 14, 14, 14], [1.0, 1, 1, 3, 3, 3]]
+    )
+    boxes = torch.tensor([[1.0, 1, 1, 6, 6, 6]])
+    matched = torch.tensor([0, -1, -1, -2])
+    out = ignore_unmatched_inside_boxes(matched, anchors, boxes)
+    # matched stays matched, the unmatched anchor centred in the nodule is ignored, the far one stays
+    # background, an already ignored one stays ignored; the input is not modified
+    assert out.tolist() == [0, -2, -1, -2]
+    assert matched.tolist() == [0, -1, -1, -2]
+    assert ignore_unmatched_inside_boxes(matched, anchors, torch.zeros((0, 6))).tolist() == matched.tolist()

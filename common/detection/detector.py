@@ -32,7 +32,26 @@ from torch import Tensor, nn
 
 from common.detection.network import MALIGNANCY_KEY, NUM_MALIGNANCY_CLASSES
 
-__all__ = ["NoduleDetector"]
+__all__ = ["NoduleDetector", "ignore_unmatched_inside_boxes"]
+
+
+def ignore_unmatched_inside_boxes(matched: Tensor, anchors: Tensor, boxes: Tensor) -> Tensor:
+    """Mark unmatched anchors (``-1``) whose centre lies inside any of ``boxes`` as ignored (``-2``).
+
+    Args:
+        matched: per anchor, the matched box index, ``-1`` background or ``-2`` ignored (MONAI's matchers).
+        anchors: ``(N, 6)`` corner anchors; boxes: ``(M, 6)`` corner reference boxes, same coordinates.
+
+    Returns:
+        a copy of ``matched``.
+    """
+    if boxes.numel() == 0:
+        return matched
+    centres = (anchors[:, :3] + anchors[:, 3:]) / 2
+    inside = ((centres[:, None, :] >= boxes[None, :, :3]) & (centres[:, None, :] <= boxes[None, :, 3:])).all(-1)
+    matched = matched.clone()
+    matched[(matched == ATSSMatcher.BELOW_LOW_THRESHOLD) & inside.any(1)] = ATSSMatcher.BETWEEN_THRESHOLDS
+    return matched
 
 
 class NoduleDetector(RetinaNetDetector):
@@ -48,6 +67,11 @@ class NoduleDetector(RetinaNetDetector):
             targets and of the probabilities in the detections.
         num_malignancy_classes: ratings (5: LIDC 1-5).
         malignancy_loss_weight: weight of the malignancy loss in ``total_loss``.
+        ignore_unmatched_inside_gt: with the ATSS matcher, anchors that are not matched but whose centre lies
+            inside a reference box are ignored by the classification loss instead of being negatives. ATSS
+            has no ignore zone: for nodules of a few voxels the anchors next to the matched ones look the
+            same, and as (hard) negatives they contradict the positives, so the classifier collapses to a
+            constant score.
         debug: MONAI's debug printing.
 
     Training targets are dicts with ``boxes`` (N, 6 corner boxes in image voxels), ``labels`` (N,) and
@@ -65,6 +89,7 @@ class NoduleDetector(RetinaNetDetector):
         malignancy_key: str = MALIGNANCY_KEY,
         num_malignancy_classes: int = NUM_MALIGNANCY_CLASSES,
         malignancy_loss_weight: float = 1.0,
+        ignore_unmatched_inside_gt: bool = True,
         debug: bool = False,
     ) -> None:
         super().__init__(
@@ -79,6 +104,7 @@ class NoduleDetector(RetinaNetDetector):
         self.num_malignancy_classes = num_malignancy_classes
         self.malignancy_loss_weight = malignancy_loss_weight
         self.malignancy_loss_func = nn.CrossEntropyLoss(reduction="mean")
+        self.ignore_unmatched_inside_gt = ignore_unmatched_inside_gt
 
     @property
     def head_keys(self) -> list[str]:
@@ -153,12 +179,12 @@ class NoduleDetector(RetinaNetDetector):
                     )
                 )
                 continue
+            boxes = boxes.to(anchors_per_image.device)
             _, matched = self.proposal_matcher(
-                boxes.to(anchors_per_image.device),
-                anchors_per_image,
-                num_anchor_locs_per_level,
-                self.num_anchors_per_loc,
+                boxes, anchors_per_image, num_anchor_locs_per_level, self.num_anchors_per_loc
             )
+            if self.ignore_unmatched_inside_gt:
+                matched = ignore_unmatched_inside_boxes(matched, anchors_per_image, boxes)
             matched_idxs.append(matched)
         return matched_idxs
 

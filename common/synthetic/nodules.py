@@ -298,7 +298,12 @@ def insert_nodules(phantom: ChestPhantom, rng: np.random.Generator, cfg: Mapping
             lesion = lesion * (1.0 - core) + core_value * core
         np.maximum(region, lesion, out=region)
         mask_box = mask[box]
-        mask_box[(body >= 0.5) & (mask_box == 0)] = len(nodules) + 1
+        in_mask = body >= 0.5
+        # a nodule smaller than a voxel covers no voxel by half: its centre voxel stands for it, so every
+        # annotated nodule has voxels in nodule_masks/
+        centre_voxel = tuple(int(v) for v in np.clip(np.floor(centroid + 0.5).astype(int) - [s.start for s in box], 0, np.array(body.shape) - 1))
+        in_mask[centre_voxel] = True
+        mask_box[in_mask & (mask_box == 0)] = len(nodules) + 1
         occupied[box] |= (body > 0) | (spikes > 0)
         probs = malignancy_probabilities(diameter, kind, margin)
         rating = int(rng.choice(5, p=probs)) + 1
