@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from distributed_utils import run_torchrun
 from monai.bundle import ConfigWorkflow
 
 from common.errors import InputDataError
@@ -213,7 +213,7 @@ def test_multi_gpu_train_with_two_cpu_processes(data, tmp_path):
         "--max_epochs", "1", "--val_interval", "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_torchrun(command, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from distributed_utils import run_torchrun
 from monai.bundle import ConfigWorkflow
 
 from common.data.luna16 import prepare
@@ -183,7 +183,7 @@ def test_multi_gpu_train_under_torchrun_with_two_cpu_processes(data, tmp_path):
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
         "--max_epochs", "1", "--val_interval", "1", "--batch_size", "1", "--samples_per_scan", "1",
     ]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_torchrun(cmd, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped, loadable without DDP

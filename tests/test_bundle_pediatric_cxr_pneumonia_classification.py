@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from distributed_utils import run_torchrun
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -30,7 +31,7 @@ FAST = ["--num_workers", "0", "--batch_size", "6"]
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+    proc = run_torchrun([sys.executable, *args], timeout=timeout, env=ENV, cwd=REPO)  # plain run unless gloo aborts
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from distributed_utils import run_torchrun
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+    proc = run_torchrun([sys.executable, *args], timeout=timeout, env=ENV, cwd=REPO)  # plain run unless gloo aborts
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
