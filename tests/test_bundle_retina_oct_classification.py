@@ -7,44 +7,22 @@ and multi-process training.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from distributed_utils import run_torchrun
+from bundle_runner import cli as _cli
+from bundle_runner import read_csv as _read_csv
+from bundle_runner import run_configs as _run
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "retina_oct_classification"
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
 FAST = ["--num_workers", "0", "--batch_size", "8"]
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = run_torchrun([sys.executable, *args], timeout=timeout, env=ENV, cwd=REPO)  # plain run unless gloo aborts
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _run(bundle: Path, configs: list[str], **overrides) -> None:
-    from monai.bundle import run
-
-    files = [str(bundle / "configs" / c) for c in configs]
-    run(config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle),
-        logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
