@@ -20,6 +20,7 @@ from common.synthetic.ehr_cohort import generate_oxygen_risk
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = str(REPO / "bundles" / "cxr_ehr_oxygen_risk")
+OVERRIDES = {"image_size": 48, "batch_size": 8, "val_interval": 2}
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,11 @@ def simulation(tmp_path_factory):
     root = tmp_path_factory.mktemp("fl")
     data = generate_oxygen_risk(root / "data", {"n_sites": 2, "n_per_site": 24, "image_size": 48, "progress": False,
                                                "render": {"pool_size": 1}}, seed=2)
-    overrides = {"image_size": 48, "batch_size": 8, "val_interval": 2}
     recipe = build_recipe(BUNDLE, data, root / "sites", n_clients=2, num_rounds=2, local_epochs=1,
-                          exclude_vars=SHARE_PRESETS["no_head"], overrides=overrides)
-    global_ckpt = run_simulation(recipe, ["site-1", "site-2"], root / "workspace")
-    return {"root": root, "data": data, "global": load_global_weights(global_ckpt)}
+                          exclude_vars=SHARE_PRESETS["no_head"], overrides=OVERRIDES)
+    ckpts = run_simulation(recipe, ["site-1", "site-2"], root / "workspace")
+    return {"root": root, "data": data, "global": load_global_weights(ckpts["final"]), "ckpts": ckpts,
+            "workspace": root / "workspace"}
 
 
 def test_global_model_is_fedavg_of_sites(simulation):
@@ -94,3 +95,62 @@ def test_client_requires_site_paths(monkeypatch):
     args = fl_client.parse_args(["--override", "image_size=96"])
     assert (args.bundle_root, args.dataset_dir, args.work_dir, args.override) == ("/b", "/d", "/w", ["image_size=96"])
     assert fl_client.split_shared({"head.w": 1, "fusion.w": 2}, r"^head\.") == {"fusion.w": 2}
+
+
+@pytest.fixture(scope="module")
+def simulation_all_shared(tmp_path_factory):
+    """2 sites x 2 rounds sharing every weight, so the global model alone is what the sites score."""
+    root = tmp_path_factory.mktemp("fl_all")
+    data = generate_oxygen_risk(root / "data", {"n_sites": 2, "n_per_site": 40, "image_size": 48, "progress": False,
+                                               "render": {"pool_size": 1}}, seed=3)
+    recipe = build_recipe(BUNDLE, data, root / "sites", n_clients=2, num_rounds=2, local_epochs=1, overrides=OVERRIDES)
+    ckpts = run_simulation(recipe, ["site-1", "site-2"], root / "workspace")
+    return {"root": root, "data": data, "ckpts": ckpts, "workspace": root / "workspace"}
+
+
+def test_model_selection_scores_the_global_model(simulation_all_shared):
+    """Sites score the *received* global model on local validation; NVFlare keeps the best one.
+
+    The figure a site reports in round 1 must be the validation AUROC of the global model it received
+    then (the FedAvg of round 0, which NVFlare saves as best_FL_global_model.pt when it is the best so
+    far), not of the weights the site trained afterwards.
+    """
+    import json
+
+    import numpy as np
+
+    from common.metrics.classification import roc_auc
+    from common.oxygen.experiment import PooledTestSet
+
+    sim = simulation_all_shared
+    ckpts = sim["ckpts"]
+    assert ckpts["best"].name == "best_FL_global_model.pt" and ckpts["final"].name == "FL_global_model.pt"
+    best, final = load_global_weights(ckpts["best"]), load_global_weights(ckpts["final"])
+    assert not torch.allclose(best["fusion.0.weight"], final["fusion.0.weight"])  # the round-1 input, not the output
+    rounds = [json.loads(line) for line in next(sim["workspace"].rglob("round_metrics.jsonl")).open()]
+    reported = {s["name"]: s["metrics"][0]["value"] for s in rounds[1]["sites"]}
+    assert reported, rounds[1]  # a site whose few validation cases are all one class has no AUROC to send
+    for site, value in reported.items():
+        val = PooledTestSet(BUNDLE, sim["data"], f"encounters_{site}.csv", "val", OVERRIDES)
+        preds = val.predict(best)
+        expected = np.mean([roc_auc(val.labels[:, j], preds[:, j]) for j in (0, 4)])
+        assert abs(expected - value) < 1e-6, (site, expected, value)
+        local = val.predict(sim["root"] / "sites" / site / "models" / "model_final.pt")
+        assert not np.allclose(local, preds)  # the site's trained weights would have given other risks
+
+
+def test_run_experiment_report(simulation_all_shared, tmp_path):
+    """``scripts/run_federated.py``'s comparison end to end on a tiny cohort: every model scored on the
+    pooled test set, the federated one being NVFlare's best global model, with paired differences."""
+    from common.oxygen.experiment import run_experiment
+
+    report = run_experiment(BUNDLE, tmp_path / "run", dataset_dir=simulation_all_shared["data"], n_sites=2, rounds=2,
+                            overrides=OVERRIDES, n_boot=20)
+    assert set(report["models"]) == {"federated", "federated_final_round", "central", "single_site-1", "single_site-2"}
+    assert report["models"]["federated"]["checkpoint"].endswith("best_FL_global_model.pt")
+    for name, value in report["auroc_key_outcome"].items():
+        assert 0.0 <= value <= 1.0, name
+    diff = report["checks"]["federated_minus_single_site-1_paired_ci"]
+    expected = report["auroc_key_outcome"]["federated"] - report["auroc_key_outcome"]["single_site-1"]
+    assert abs(diff["value"] - expected) < 1e-9 and diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+    assert (tmp_path / "run" / "federated_report.json").is_file()

@@ -143,6 +143,7 @@ def run_experiment(
     import yaml
 
     from common.oxygen.federated import build_recipe, load_global_weights, run_simulation
+    from common.oxygen.report import output_names
 
     out = Path(out_dir).resolve()
     timings: dict[str, float] = {}
@@ -165,19 +166,22 @@ def run_experiment(
 
     test = PooledTestSet(bundle_root, dataset_dir, "encounters.csv", "test", overrides)
     results: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
 
     def record(name: str, weights, extra: dict | None = None) -> None:
-        preds = test.predict(weights)
+        preds = predictions[name] = test.predict(weights)
         results[name] = {"auroc": test.score(preds, n_boot), **(extra or {})}
         logger.info("%s: AUROC any oxygen 24 h %.3f", name, results[name]["auroc"]["any_oxygen_24h"]["value"])
 
     t = time.time()
     recipe = build_recipe(bundle_root, dataset_dir, out / "federated", len(sites), rounds, local_epochs,
                           exclude_vars=exclude_vars, overrides={k: v for k, v in overrides.items()})
-    global_ckpt = run_simulation(recipe, sites, out / "nvflare_workspace", threads=threads)
+    global_ckpts = run_simulation(recipe, sites, out / "nvflare_workspace", threads=threads)
     timings["federated_s"] = round(time.time() - t, 1)
-    record("federated", load_global_weights(global_ckpt), {"checkpoint": str(global_ckpt), "rounds": rounds,
-                                                           "local_epochs": local_epochs, "exclude_vars": exclude_vars})
+    fed_info = {"rounds": rounds, "local_epochs": local_epochs, "exclude_vars": exclude_vars}
+    record("federated", load_global_weights(global_ckpts["best"]), {"checkpoint": str(global_ckpts["best"]), **fed_info})
+    record("federated_final_round", load_global_weights(global_ckpts["final"]),
+           {"checkpoint": str(global_ckpts["final"]), **fed_info})
     if exclude_vars:  # the global model lacks the site-kept weights: score each site's personalised model too
         for site in sites:
             record(f"federated_personalised_{site}", out / "federated" / site / "models" / "model_local_final.pt")
@@ -204,9 +208,16 @@ def run_experiment(
         if bayes.get(key) is not None:
             checks["bayes_minus_central"] = round(bayes[key] - summary["central"], 4)
             checks["central_within_0.05_of_bayes"] = bayes[key] - summary["central"] <= 0.05
-    singles = {k: v for k, v in summary.items() if k.startswith("single_")}
+    singles = {k: v for k, v in summary.items() if k.startswith("single_")}  # federated_* variants are not compared
     if singles:
         checks["federated_above_every_single_site"] = all(summary["federated"] > v for v in singles.values())
+    # paired bootstrap (same resampled test encounters for both models) of the AUROC differences, so a margin
+    # can be told from test-set noise
+    j = output_names().index(key)
+    for other in [m for m in ("central", *singles) if m in predictions]:
+        checks[f"federated_minus_{other}_paired_ci"] = bootstrap_ci(
+            lambda y, a, b: roc_auc(y, a) - roc_auc(y, b),
+            test.labels[:, j], predictions["federated"][:, j], predictions[other][:, j], n_boot=n_boot, seed=0)
     timings["total_s"] = round(time.time() - t0, 1)
     report = {
         "data": "SYNTHETIC (common.synthetic.ehr_cohort); not patient data",

@@ -117,11 +117,14 @@ def run_simulation(
     clients: Sequence[str],
     workspace: str | os.PathLike,
     threads: int | None = None,
-) -> Path:
+) -> dict[str, Path]:
     """Run ``recipe`` in the NVFlare simulator (one client per site, ``threads`` at a time).
 
     Returns:
-        the final global model checkpoint (``FL_global_model.pt``, ``{"model": state_dict}``).
+        the server's global-model checkpoints (``{"model": state_dict}`` each): ``"final"``, the global model
+        after the last round (``FL_global_model.pt``), and ``"best"``, the global model with the best
+        site-averaged validation ``val_auc`` (``best_FL_global_model.pt``; the final one when no round was
+        scored, e.g. a one-round job).
     """
     from nvflare.recipe import SimEnv
 
@@ -132,11 +135,15 @@ def run_simulation(
     env = SimEnv(clients=list(clients), num_threads=threads or len(clients), workspace_root=str(workspace))
     run = recipe.run(env)
     result = run.get_result()
-    found = sorted(Path(result if result else workspace).rglob("FL_global_model.pt")) or \
-        sorted(workspace.rglob("FL_global_model.pt"))
-    if not found:
+    found = {}
+    for key, name in (("final", "FL_global_model.pt"), ("best", "best_FL_global_model.pt")):
+        paths = sorted(Path(result if result else workspace).rglob(name)) or sorted(workspace.rglob(name))
+        if paths:
+            found[key] = paths[-1]
+    if "final" not in found:
         raise RuntimeError(f"the simulation wrote no FL_global_model.pt under {workspace}")
-    return found[-1]
+    found.setdefault("best", found["final"])
+    return found
 
 
 def load_global_weights(path: str | os.PathLike) -> dict:

@@ -6,6 +6,12 @@ bundle's ``SupervisedTrainer`` for ``--local_epochs`` epochs on the site's own e
 ``monai.fl.client.MonaiAlgo`` from the bundle config, so the federated and the central model are trained
 by the same code), and sends the weights back, weighted by the number of local iterations (FedAvg).
 
+Before training, the site scores the *received global model* on its own validation split (the bundle's
+evaluator, ``val_auc``) and sends that figure with its update: NVFlare's ``IntimeModelSelector`` averages
+it over sites and keeps the best global model (``best_FL_global_model.pt``), the federated counterpart
+of the best-validation checkpoint of central training. (Scoring the locally trained weights instead would
+credit the global model with metrics of models the server never holds.)
+
 Weights whose names match ``--exclude_vars`` (a regular expression, e.g. ``^head\\.|^ehr_encoder\\.``)
 never leave the site: they are not sent, and the site keeps its own values when the global model comes
 back (personalised head / EHR branch). The server is given the same pattern so it never aggregates them.
@@ -82,13 +88,19 @@ def main(argv: list[str] | None = None) -> None:
         "output_dir": str(site_dir / "eval"),
         "log_dir": str(site_dir / "logs"),
     })
+    # the global model is scored by a second copy of the train config's evaluator, whose checkpoints go to
+    # their own folder so the site's best local checkpoint (models/model.pt) stays what it says
+    eval_overrides = {**overrides, "ckpt_dir": str(site_dir / "global_eval" / "models"),
+                      "log_dir": str(site_dir / "global_eval" / "logs")}
     algo = MonaiAlgo(
         bundle_root=os.path.abspath(args.bundle_root),
         local_epochs=args.local_epochs,
         send_weight_diff=False,
         config_train_filename="configs/train.yaml",
-        config_evaluate_filename=None,
+        config_evaluate_filename="configs/train.yaml",
+        eval_workflow_name="train",
         train_kwargs=overrides,
+        eval_kwargs=eval_overrides,
     )
     algo.initialize(extra={ExtraItems.CLIENT_NAME: site, ExtraItems.APP_ROOT: ""})
     logger.info("%s: %d training encounters", site, len(algo.trainer.data_loader.dataset))
@@ -100,14 +112,21 @@ def main(argv: list[str] | None = None) -> None:
             break
         received = split_shared(global_model.params, args.exclude_vars)
         weights = {k: torch.as_tensor(np.asarray(v)) for k, v in received.items()}
+        # the received global model (with this site's own copy of any excluded weights) on local validation
+        if args.exclude_vars:
+            kept = {k: v for k, v in algo.trainer.network.state_dict().items() if k not in weights}
+            scored = {**kept, **weights}
+        else:
+            scored = weights
+        report = algo.evaluate(ExchangeObject(weights=scored, weight_type=WeightType.WEIGHTS))
+        metrics = {k: float(v) for k, v in (report.metrics or {}).items()
+                   if isinstance(v, (int, float)) and np.isfinite(v)}
+        logger.info("%s: global model of round %d, local validation %s", site, global_model.current_round or 0,
+                    {k: round(v, 4) for k, v in metrics.items()})
         algo.train(ExchangeObject(weights=weights, weight_type=WeightType.WEIGHTS))
         local = algo.get_weights()
         shared = split_shared(local.weights, args.exclude_vars)
         n_iter = int(local.statistics.get(FlStatistics.NUM_EXECUTED_ITERATIONS, 1))
-        # the local validation metrics of the bundle's evaluator (val_auc), for NVFlare's model selection
-        evaluator = getattr(algo.train_workflow, "evaluator", None)
-        metrics = {k: float(v) for k, v in (getattr(evaluator, "state", None) and evaluator.state.metrics or {}).items()
-                   if isinstance(v, (int, float)) and np.isfinite(v)}
         # torch tensors: the Client API converts them to the exchange format (NumPy) itself
         flare.send(FLModel(params={k: v.detach().cpu() for k, v in shared.items()}, metrics=metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": n_iter}))
