@@ -40,6 +40,7 @@ def main(
     no_single_site: bool = False,
     no_central: bool = False,
     n_boot: int = 500,
+    selection: str = "final",
     export_job: str | None = None,
 ) -> str:
     """Run the comparison and write ``OUT/federated_report.json``.
@@ -59,6 +60,9 @@ def main(
         no_single_site: skip the single-site models.
         no_central: skip the central model.
         n_boot: bootstrap resamples for the confidence intervals.
+        selection: which model of each training the comparison uses: ``final`` (last epoch / FedAvg round) or
+            ``best_validation`` (best validation AUROC; NVFlare's model selection for the federated run). Both
+            are scored and reported.
         export_job: only export the NVFlare job folder (for a real deployment: the sites read their
             paths from O2_BUNDLE_ROOT / O2_DATASET_DIR / O2_WORK_DIR) to this folder and stop.
 
@@ -85,7 +89,7 @@ def main(
     report = run_experiment(
         bundle, out, dataset_dir=data, n_sites=n_sites, rounds=rounds, local_epochs=local_epochs,
         n_per_site=n_per_site, seed=seed, exclude_vars=exclude_vars, overrides=overrides,
-        single_site=not no_single_site, central=not no_central, n_boot=n_boot,
+        single_site=not no_single_site, central=not no_central, n_boot=n_boot, selection=selection,
     )
     print(json.dumps({"auroc_any_oxygen_24h": report["auroc_key_outcome"], "checks": report["checks"],
                       "timings": report["timings"]}, indent=2))

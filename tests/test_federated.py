@@ -146,8 +146,12 @@ def test_run_experiment_report(simulation_all_shared, tmp_path):
 
     report = run_experiment(BUNDLE, tmp_path / "run", dataset_dir=simulation_all_shared["data"], n_sites=2, rounds=2,
                             overrides=OVERRIDES, n_boot=20)
-    assert set(report["models"]) == {"federated", "federated_final_round", "central", "single_site-1", "single_site-2"}
-    assert report["models"]["federated"]["checkpoint"].endswith("best_FL_global_model.pt")
+    assert set(report["models"]) == {f"{m}{suffix}" for m in ("federated", "central", "single_site-1", "single_site-2")
+                                     for suffix in ("", "_best_validation")}
+    assert report["selection"] == "final"
+    assert report["models"]["federated"]["checkpoint"].endswith("/FL_global_model.pt")
+    assert report["models"]["federated_best_validation"]["checkpoint"].endswith("best_FL_global_model.pt")
+    assert report["models"]["central_best_validation"]["checkpoint"].endswith("models/model.pt")
     for name, value in report["auroc_key_outcome"].items():
         assert 0.0 <= value <= 1.0, name
     diff = report["checks"]["federated_minus_single_site-1_paired_ci"]

@@ -114,6 +114,7 @@ def run_experiment(
     central: bool = True,
     n_boot: int = 500,
     threads: int | None = None,
+    selection: str = "final",
 ) -> dict[str, Any]:
     """Federated (NVFlare simulator) vs central vs single-site models, all scored on the pooled test set.
 
@@ -136,6 +137,8 @@ def run_experiment(
         central: also train one model on the pooled data.
         n_boot: bootstrap resamples of the CIs.
         threads: simulator threads (default: one per site).
+        selection: ``"final"`` (default: a fixed training budget, no selection on the small validation splits,
+            whose noise can pick an early, weaker model) or ``"best_validation"``.
 
     Returns:
         the report (also written to ``out_dir/federated_report.json``).
@@ -144,6 +147,14 @@ def run_experiment(
 
     from common.oxygen.federated import build_recipe, load_global_weights, run_simulation
     from common.oxygen.report import output_names
+
+    if selection not in ("final", "best_validation"):
+        raise ValueError(f"selection must be 'final' or 'best_validation', got {selection!r}")
+    other = "best_validation" if selection == "final" else "final"
+
+    def names(base: str) -> dict[str, str]:
+        """Report names of the final and the best-validation model of one training."""
+        return {selection: base, other: f"{base}_{other}"}
 
     out = Path(out_dir).resolve()
     timings: dict[str, float] = {}
@@ -179,9 +190,9 @@ def run_experiment(
     global_ckpts = run_simulation(recipe, sites, out / "nvflare_workspace", threads=threads)
     timings["federated_s"] = round(time.time() - t, 1)
     fed_info = {"rounds": rounds, "local_epochs": local_epochs, "exclude_vars": exclude_vars}
-    record("federated", load_global_weights(global_ckpts["best"]), {"checkpoint": str(global_ckpts["best"]), **fed_info})
-    record("federated_final_round", load_global_weights(global_ckpts["final"]),
-           {"checkpoint": str(global_ckpts["final"]), **fed_info})
+    for which, name in names("federated").items():
+        ckpt = global_ckpts["best" if which == "best_validation" else "final"]
+        record(name, load_global_weights(ckpt), {"checkpoint": str(ckpt), "model": which, **fed_info})
     if exclude_vars:  # the global model lacks the site-kept weights: score each site's personalised model too
         for site in sites:
             record(f"federated_personalised_{site}", out / "federated" / site / "models" / "model_local_final.pt")
@@ -190,13 +201,17 @@ def run_experiment(
         t = time.time()
         ck = train_with_bundle(bundle_root, dataset_dir, "encounters.csv", out / "central", run_over)
         timings["central_s"] = round(time.time() - t, 1)
-        record("central", ck["best"], {"checkpoint": str(ck["best"]), "epochs": epochs})
+        for which, name in names("central").items():
+            ckpt = ck["best" if which == "best_validation" else "final"]
+            record(name, ckpt, {"checkpoint": str(ckpt), "model": which, "epochs": epochs})
     if single_site:
         for site in sites:
             t = time.time()
             ck = train_with_bundle(bundle_root, dataset_dir, f"encounters_{site}.csv", out / f"single_{site}", run_over)
             timings[f"single_{site}_s"] = round(time.time() - t, 1)
-            record(f"single_{site}", ck["best"], {"checkpoint": str(ck["best"]), "epochs": epochs})
+            for which, name in names(f"single_{site}").items():
+                ckpt = ck["best" if which == "best_validation" else "final"]
+                record(name, ckpt, {"checkpoint": str(ckpt), "model": which, "epochs": epochs})
 
     bayes = {k: v.get("test") for k, v in meta.get("bayes_optimal_auc", {}).items()}
     key = "any_oxygen_24h"
@@ -208,7 +223,7 @@ def run_experiment(
         if bayes.get(key) is not None:
             checks["bayes_minus_central"] = round(bayes[key] - summary["central"], 4)
             checks["central_within_0.05_of_bayes"] = bayes[key] - summary["central"] <= 0.05
-    singles = {k: v for k, v in summary.items() if k.startswith("single_")}  # federated_* variants are not compared
+    singles = {k: v for k, v in summary.items() if k.startswith("single_") and not k.endswith(f"_{other}")}
     if singles:
         checks["federated_above_every_single_site"] = all(summary["federated"] > v for v in singles.values())
     # paired bootstrap (same resampled test encounters for both models) of the AUROC differences, so a margin
@@ -228,6 +243,7 @@ def run_experiment(
         "epochs_per_model": epochs,
         "overrides": overrides,
         "key_outcome": key,
+        "selection": selection,
         "auroc_key_outcome": summary,
         "bayes_optimal_auc_test": bayes,
         "checks": checks,
