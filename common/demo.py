@@ -106,6 +106,8 @@ class BundleDemo:
 # clock; per bundle wall (CPU) seconds, data included: seg 121 (118), det 123 (110), oct 135 (126),
 # cxr 118 (108) + 5 for the shipped weights, o2 72 (68).
 # ---------------------------------------------------------------------------------------------------------
+NODULE_DEMO_RECIPE: dict[str, Any] = yaml.safe_load(
+    (REPO / "bundles" / "lung_nodule_ct_detection" / "docs" / "synthetic_demo_train.yaml").read_text())
 DEMOS: dict[str, BundleDemo] = {
     "lung_ct_segmentation": BundleDemo(
         bundle="lung_ct_segmentation",
@@ -125,8 +127,10 @@ DEMOS: dict[str, BundleDemo] = {
         synthetic="bundles/lung_nodule_ct_detection/docs/synthetic_demo.yaml",
         seed=1,
         datalist_layout="luna16",
-        train={"max_epochs": 3, "val_interval": 3, "learning_rate": 0.002},
+        # the model card's recipe file, passed as overrides; inference must use the same geometry
+        train=NODULE_DEMO_RECIPE,
         evaluate={"eval_split": "test"},
+        inference={k: NODULE_DEMO_RECIPE[k] for k in ("spacing", "base_anchor_shapes")},
         metric=Metric("CPM, nodules >= 6 mm (test)", "metrics.json", "cpm_6mm", 0.8, ">= 0.8 (aim)"),
         heldout="datalist.json",  # its validation scans (inference prefers testing, then validation lists)
         inference_outputs=("*_nodules.json",),

@@ -334,3 +334,16 @@ def test_benchmark_target_runs_in_a_child_process():
     assert figures["seconds_per_scan"] == 1.5 and figures["process_peak_rss_mib"] > 1
     with pytest.raises(RuntimeError, match="no_such_function"):
         bench.run_target("builtins", "no_such_function", {})
+
+
+def test_nodule_demo_infers_with_the_training_geometry():
+    """The demo trains with the card's recipe file; inference must resample and anchor the same way."""
+    from monai.bundle import ConfigParser
+
+    demo = d.DEMOS["lung_nodule_ct_detection"]
+    for key in ("spacing", "base_anchor_shapes"):
+        assert demo.inference[key] == demo.train[key]
+    train = ConfigParser()
+    train.read_config(str(d.REPO / "bundles" / "lung_nodule_ct_detection" / "configs" / "train.yaml"))
+    for key in demo.train:  # every override names an existing id of train.yaml
+        assert key in train, key

@@ -12,6 +12,7 @@ from common.detection import (
     FlatHeadOutputs,
     HeadOutputsDict,
     NoduleDetector,
+    PositiveNormalizedFocalLoss,
     build_nodule_retinanet,
 )
 from common.detection.evaluation import ScanRecord, coco_map, evaluate_records, malignancy_agreement
@@ -26,9 +27,7 @@ def make_detector(seed: int = 0) -> NoduleDetector:
     detector = NoduleDetector(build_nodule_retinanet(num_anchors=2, widths=(8, 16), fpn_channels=16), anchors)
     detector.set_target_keys("boxes", "labels")
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
-    detector.set_hard_negative_sampler(
-        batch_size_per_image=32, positive_fraction=0.3, min_neg=8, pool_size=10
-    )
+    detector.set_cls_loss(PositiveNormalizedFocalLoss())  # the bundle's setting: every anchor, no sampler
     detector.set_box_selector_parameters(
         score_thresh=0.0, topk_candidates_per_level=50, nms_thresh=0.2, detections_per_img=20
     )
@@ -75,6 +74,20 @@ def test_training_losses_and_unrated_nodules():
     total = DetectionLoss({"malignancy": 0.5})(losses)
     total.backward()  # the zero malignancy loss still reaches the head (DDP needs every gradient)
     assert detector.network.malignancy_head.cls_logits.weight.grad is not None
+
+
+def test_focal_loss_is_retinanets():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(500, 1) * 2, (torch.rand(500, 1) < 0.02).float()
+    p = torch.sigmoid(logits)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = 0.25 * targets + 0.75 * (1 - targets)
+    expected = (alpha_t * (1 - p_t) ** 2 * ce).sum() / targets.sum()
+    assert torch.allclose(PositiveNormalizedFocalLoss()(logits, targets), expected, rtol=1e-5)
+    # no positive anchor (a patch without nodules): the background sum, divided by 1
+    none = torch.zeros_like(targets)
+    assert torch.allclose(PositiveNormalizedFocalLoss()(logits, none), (0.75 * p**2 * -torch.log1p(-p)).sum(), rtol=1e-4)
 
 
 def test_scans_without_nodules_train():

@@ -4,6 +4,7 @@
 - ``network``: ``build_nodule_retinanet`` (narrow ResNet-FPN RetinaNet + malignancy head), ``FlatHeadOutputs``
   (ONNX export wrapper) and ``HeadOutputsDict`` (ONNX session -> RetinaNet's dict).
 - ``detector``: ``NoduleDetector`` (MONAI ``RetinaNetDetector`` + malignancy loss and probabilities).
+- ``losses``: ``PositiveNormalizedFocalLoss`` (RetinaNet's focal loss over all anchors / positives).
 - ``transforms``: ``CropToLungsd``, ``DatalistBoxesd``, ``DetectionsToWorldd``.
 - ``engines``: ``DetectionPrepareBatch``, ``DetectionLoss``, ``DetectionEvaluator``.
 - ``evaluation``: ``NoduleCPM`` (ignite metric), ``DetectionReport`` (JSON + FROC PNG).
@@ -14,6 +15,7 @@ from common.detection.detector import NoduleDetector
 from common.detection.engines import DetectionEvaluator, DetectionLoss, DetectionPrepareBatch
 from common.detection.evaluation import DetectionReport, NoduleCPM
 from common.detection.inference import DetectionWriter, list_inputs
+from common.detection.losses import PositiveNormalizedFocalLoss
 from common.detection.network import FlatHeadOutputs, HeadOutputsDict, NoduleRetinaNet, build_nodule_retinanet
 from common.detection.transforms import CropToLungsd, DatalistBoxesd, DetectionsToWorldd
 
@@ -26,6 +28,7 @@ __all__ = [
     "NoduleCPM",
     "DetectionWriter",
     "list_inputs",
+    "PositiveNormalizedFocalLoss",
     "FlatHeadOutputs",
     "HeadOutputsDict",
     "NoduleRetinaNet",
