@@ -229,10 +229,10 @@ def run_experiment(
     # paired bootstrap (same resampled test encounters for both models) of the AUROC differences, so a margin
     # can be told from test-set noise
     j = output_names().index(key)
-    for other in [m for m in ("central", *singles) if m in predictions]:
-        checks[f"federated_minus_{other}_paired_ci"] = bootstrap_ci(
+    for baseline in [m for m in ("central", *singles) if m in predictions]:
+        checks[f"federated_minus_{baseline}_paired_ci"] = bootstrap_ci(
             lambda y, a, b: roc_auc(y, a) - roc_auc(y, b),
-            test.labels[:, j], predictions["federated"][:, j], predictions[other][:, j], n_boot=n_boot, seed=0)
+            test.labels[:, j], predictions["federated"][:, j], predictions[baseline][:, j], n_boot=n_boot, seed=0)
     timings["total_s"] = round(time.time() - t0, 1)
     report = {
         "data": "SYNTHETIC (common.synthetic.ehr_cohort); not patient data",
