@@ -102,9 +102,10 @@ class BundleDemo:
 # ---------------------------------------------------------------------------------------------------------
 # THE demo-scale settings: those of each model card's synthetic acceptance run (data config + seed, training
 # overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22, a fresh run of all five,
-# one thread per step, on the 2-core machine shared with other jobs (load average 1.5-3.6): 569 s wall
-# clock; per bundle wall (CPU) seconds, data included: seg 121 (118), det 123 (110), oct 135 (126),
-# cxr 118 (108) + 5 for the shipped weights, o2 72 (68).
+# one thread per step, on the 2-core machine shared with two other training jobs: 1688 s wall clock; per
+# bundle wall (CPU) seconds, data included: seg 196 (128), det 1204 (740: 3000 training iterations),
+# oct 110 (118), cxr 105 (113) + 6 for the shipped weights, o2 74 (73). On an idle machine expect about
+# the CPU seconds, some 20 minutes in all.
 # ---------------------------------------------------------------------------------------------------------
 NODULE_DEMO_RECIPE: dict[str, Any] = yaml.safe_load(
     (REPO / "bundles" / "lung_nodule_ct_detection" / "docs" / "synthetic_demo_train.yaml").read_text())
