@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,31 @@ def run_configs(bundle: Path, configs: list[str], **overrides) -> None:
     files = [str(bundle / "configs" / c) for c in configs]
     run(config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle),
         logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+
+
+def run_workflow(bundle: Path, configs: list, workflow_type: str, **overrides):
+    """Initialise, run and finalise a ``ConfigWorkflow`` of ``configs`` (names under ``bundle/configs`` or
+    paths, merged in order) in this process, with the bundle's logging config; returns the workflow."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(Path(c) if Path(c).is_absolute() else bundle / "configs" / c) for c in configs]
+    workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type,
+                              bundle_root=str(bundle), logging_file=str(bundle / "configs" / "logging.conf"),
+                              **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def train_copy_one_epoch(bundle: Path, data: Path, dest: Path, *extra: str) -> Path:
+    """``bundle`` copied into ``dest`` and trained for one epoch on ``data`` with the model card's command
+    (``extra``: more command-line overrides); returns the copy."""
+    copy = Path(shutil.copytree(bundle, dest / bundle.name))
+    cli("-m", "monai.bundle", "run", "--config_file", str(copy / "configs" / "train.yaml"),
+        "--bundle_root", str(copy), "--dataset_dir", str(data),
+        "--logging_file", str(copy / "configs" / "logging.conf"), "--max_epochs", "1", "--val_fraction", "0.2", *extra)
+    return copy
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

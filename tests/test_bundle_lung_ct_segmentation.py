@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import bundle_runner
 import nibabel as nib
 import numpy as np
 import pytest
@@ -31,18 +32,8 @@ FAST = {"spacing": [6.0, 6.0, 6.0], "roi_size": [32, 32, 32]}
 FAST_TRAIN = {"spacing": [6.0, 6.0, 6.0], "patch_size": [32, 32, 32], "max_epochs": 2, "val_interval": 1}
 
 
-def run_workflow(config_files: list[Path], workflow_type: str, **overrides) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(
-        config_file=[str(c) for c in config_files],
-        workflow_type=workflow_type,
-        bundle_root=str(BUNDLE),
-        logging_file=str(CONFIGS / "logging.conf"),
-        **overrides,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+def run_workflow(configs: list, workflow_type: str, **overrides) -> ConfigWorkflow:
+    return bundle_runner.run_workflow(BUNDLE, configs, workflow_type, **overrides)
 
 
 @pytest.fixture(scope="module")

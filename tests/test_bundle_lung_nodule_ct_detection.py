@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import bundle_runner
 import numpy as np
 import pytest
 import torch
@@ -29,19 +30,8 @@ CONFIGS = BUNDLE / "configs"
 FAST = {"max_epochs": 1, "val_interval": 1, "batch_size": 2, "samples_per_scan": 1, "num_workers": 0}
 
 
-def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
-    files = [str(CONFIGS / f) for f in config_files]
-    workflow = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        workflow_type=workflow_type,
-        logging_file=str(CONFIGS / "logging.conf"),
-        bundle_root=str(BUNDLE),
-        **overrides,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+def run_workflow(configs: list, workflow_type: str, **overrides) -> ConfigWorkflow:
+    return bundle_runner.run_workflow(BUNDLE, configs, workflow_type, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from bundle_runner import cli as _cli
 from bundle_runner import read_csv as _read_csv
 from bundle_runner import run_configs as _run
+from bundle_runner import train_copy_one_epoch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +43,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     """The bundle copied to a temporary folder and trained for one epoch with the model card's command."""
-    bundle = Path(shutil.copytree(BUNDLE, tmp_path_factory.mktemp("oct_bundle") / BUNDLE.name))
-    _cli("-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.yaml"),
-         "--bundle_root", str(bundle), "--dataset_dir", str(data),
-         "--logging_file", str(bundle / "configs" / "logging.conf"), "--max_epochs", "1", "--val_fraction", "0.2", *FAST)
-    return bundle
+    return train_copy_one_epoch(BUNDLE, data, tmp_path_factory.mktemp("oct_bundle"), *FAST)
 
 
 def test_train_saves_loadable_checkpoint_and_logs(trained):
