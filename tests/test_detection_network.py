@@ -14,6 +14,8 @@ from common.detection import (
     NoduleDetector,
     PositiveNormalizedFocalLoss,
     build_nodule_retinanet,
+    flip_views,
+    fuse_view_detections,
 )
 from common.detection.evaluation import ScanRecord, coco_map, evaluate_records, malignancy_agreement
 from common.detection.inference import detections_to_json, draw_boxes, world_lps_to_voxel
@@ -90,6 +92,29 @@ def test_focal_loss_is_retinanets():
     assert torch.allclose(PositiveNormalizedFocalLoss()(logits, none), (0.75 * p**2 * -torch.log1p(-p)).sum(), rtol=1e-4)
 
 
+def test_bfloat16_training_forward_gives_float32_losses_close_to_float32():
+    images = torch.rand(2, 1, 32, 32, 32)
+    box = torch.tensor([[8.0, 8.0, 8.0, 16.0, 16.0, 16.0]])
+    targets = [{"boxes": box, "labels": torch.tensor([0]), "malignancy": torch.tensor([3])}, _empty()]
+    reference = make_detector().train()(images, targets)
+    mixed = make_detector()
+    mixed.train_autocast_dtype = torch.bfloat16
+    losses = mixed.train()(images, targets)
+    for name, value in losses.items():
+        assert value.dtype == torch.float32
+        assert value.item() == pytest.approx(reference[name].item(), rel=0.05), name
+    sum(losses.values()).backward()
+    assert mixed.network.classification_head.cls_logits.weight.grad.dtype == torch.float32
+    # evaluation ignores the setting: the same float32 detections as without it
+    with torch.no_grad():
+        scores = mixed.eval()(images[:1])[0]["labels_scores"]
+        mixed.train_autocast_dtype = None
+        assert scores.dtype == torch.float32 and torch.equal(scores, mixed(images[:1])[0]["labels_scores"])
+    assert NoduleDetector(build_nodule_retinanet(num_anchors=2), mixed.anchor_generator, train_autocast_dtype="null").train_autocast_dtype is None
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        NoduleDetector(build_nodule_retinanet(num_anchors=2), mixed.anchor_generator, train_autocast_dtype="bf16")
+
+
 def test_scans_without_nodules_train():
     detector = make_detector().train()
     losses = detector(torch.rand(2, 1, 32, 32, 32), [_empty(), _empty()])
@@ -125,6 +150,47 @@ def test_learns_a_bright_cube_and_its_rating():
     assert det["malignancy"].shape == (len(scores), 5)
     assert torch.allclose(det["malignancy"].sum(1), torch.ones(len(scores)), atol=1e-5)
     assert int(det["malignancy"][0].argmax()) + 1 == 4
+    # the 8 mirrored views, flipped back and fused, still put the top box on the cube
+    detector.set_test_time_flips(True)
+    with torch.no_grad():
+        (fused,) = detector(image)
+    top = fused["boxes"][0]
+    assert torch.allclose((top[:3] + top[3:]) / 2, torch.tensor([9.0, 11.0, 13.0]), atol=2.0)
+    assert torch.allclose(fused["malignancy"].sum(1), torch.ones(len(fused["boxes"])), atol=1e-5)
+
+
+def test_flip_fusion_is_mirror_equivariant():
+    """With all 8 views, detecting on a mirrored scan gives the mirrored detections of the scan."""
+    detector = make_detector(seed=3).eval()
+    detector.set_test_time_flips(True)
+    image = torch.rand(1, 32, 32, 32)
+    with torch.no_grad():
+        (det,) = detector([image])
+        (mirrored,) = detector([torch.flip(image, [1])])
+    back = mirrored["boxes"].clone()
+    back[:, [0, 3]] = 32 - mirrored["boxes"][:, [3, 0]]
+    order, order_m = torch.argsort(det["labels_scores"]), torch.argsort(mirrored["labels_scores"])
+    assert torch.allclose(det["labels_scores"][order], mirrored["labels_scores"][order_m], atol=1e-5)
+    assert torch.allclose(det["boxes"][order], back[order_m], atol=1e-4)
+
+
+def test_fused_score_is_the_mean_over_views():
+    nodule = torch.tensor([[10.0, 10.0, 10.0, 14.0, 14.0, 14.0]])
+    views = [
+        {"boxes": torch.cat([nodule, nodule + 20]), "labels_scores": torch.tensor([0.8, 0.7]),
+         "labels": torch.zeros(2, dtype=torch.long), "malignancy": torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]])},
+        {"boxes": nodule + 1, "labels_scores": torch.tensor([0.4]), "labels": torch.zeros(1, dtype=torch.long),
+         "malignancy": torch.tensor([[0, 0, 1.0, 0, 0]])},
+    ]
+    fused = fuse_view_detections(views)
+    # the nodule, seen in both views: (0.8 + 0.4) / 2; the look-alike seen in one: 0.7 / 2
+    assert torch.allclose(fused["labels_scores"], torch.tensor([0.6, 0.35]))
+    assert torch.allclose(fused["boxes"][0], nodule[0] + 1 / 3)  # score-weighted mean box
+    assert torch.allclose(fused["malignancy"][0], torch.tensor([2 / 3, 0, 1 / 3, 0, 0]))
+    assert flip_views(False) == ((),) and len(flip_views(True)) == 8 and flip_views([[2]]) == ((), (2,))
+    assert flip_views("true") == flip_views(True) and flip_views("4") == flip_views(4)
+    with pytest.raises(ValueError, match="axes must be 0, 1 or 2"):
+        flip_views([[3]])
 
 
 def _empty() -> dict[str, torch.Tensor]:

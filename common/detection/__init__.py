@@ -11,7 +11,8 @@
 - ``inference``: ``list_inputs``, ``DetectionWriter`` (per-scan JSON in world mm, LPS).
 """
 
-from common.detection.detector import NoduleDetector
+from common.detection.detector import NoduleDetector, fast_autocast_dtype
+from common.detection.tta import FLIP_VIEWS, flip_views, fuse_view_detections
 from common.detection.engines import DetectionEvaluator, DetectionLoss, DetectionPrepareBatch
 from common.detection.evaluation import DetectionReport, NoduleCPM
 from common.detection.inference import DetectionWriter, list_inputs
@@ -21,6 +22,10 @@ from common.detection.transforms import CropToLungsd, DatalistBoxesd, Detections
 
 __all__ = [
     "NoduleDetector",
+    "fast_autocast_dtype",
+    "FLIP_VIEWS",
+    "flip_views",
+    "fuse_view_detections",
     "DetectionEvaluator",
     "DetectionLoss",
     "DetectionPrepareBatch",

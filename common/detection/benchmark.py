@@ -79,7 +79,11 @@ def _child(files: list[str], overrides: dict[str, Any], threads: int) -> dict[st
 
 
 def run(
-    checkpoint: str | None = None, threads: int = 2, work_dir: str | None = None, seed: int = 0
+    checkpoint: str | None = None,
+    threads: int = 2,
+    work_dir: str | None = None,
+    seed: int = 0,
+    test_time_flips: bool = True,
 ) -> dict[str, Any]:
     """Seconds per scan and peak memory of PyTorch and ONNX Runtime inference on a 512 x 512 x 300 CT.
 
@@ -89,6 +93,8 @@ def run(
         threads: torch/ONNX Runtime intra-op threads (the 2-core target machine: 2).
         work_dir: where the scan, the ONNX model and the outputs go (default: a temporary folder).
         seed: phantom seed.
+        test_time_flips: also time both backends with ``test_time_flips: true`` (the scan and its 7 mirror
+            images, boxes fused).
 
     Returns:
         figures per backend (``seconds_per_scan``, ``peak_rss_mb``), the scan's shape and spacing, targets.
@@ -117,10 +123,13 @@ def run(
         export_bundle(BUNDLE, checkpoint=ckpt, output=onnx_path)
         common = {"bundle_root": str(BUNDLE), "dataset_dir": str(work / "scan"), "ckpt_path": str(ckpt)}
         figures = {}
-        for name, files, extra in (
+        runs = [
             ("pytorch", ["inference.yaml"], {}),
             ("onnxruntime", ["inference.yaml", "inference_onnx.yaml"], {"onnx_path": str(onnx_path)}),
-        ):
+        ]
+        if test_time_flips:  # the same two with --test_time_flips true: 8 network passes per scan
+            runs += [(f"{name}_8_flips", files, {**extra, "test_time_flips": True}) for name, files, extra in runs]
+        for name, files, extra in runs:
             out = work / f"out_{name}"
             result = _child(
                 [str(BUNDLE / "configs" / f) for f in files],
