@@ -114,6 +114,22 @@ def test_lung_crop_keeps_nodules_and_shrinks_volume():
         assert out[0][tuple(np.round(local).astype(int))] > -200
 
 
+def test_lung_crop_when_the_airway_reaches_air_beyond_the_scan():
+    """Air slices past the end of the scan (padding) joined to the trachea are not the air around the patient."""
+    hu = np.full((64, 64, 40), -1000.0, np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    body = (xx - 32) ** 2 + (yy - 32) ** 2 < 28**2
+    hu[body] = 20.0
+    hu[12:28, 20:44, 8:30] = -850.0  # right lung
+    hu[36:52, 20:44, 8:30] = -850.0  # left lung
+    hu[18:22, 30:34, 30:40] = -1000.0  # trachea from the right lung up to the last slice of the scan
+    padded = np.concatenate([hu, np.full((64, 64, 4), -1000.0, np.float32)], axis=2)
+    for volume in (hu, padded):
+        start, end = lung_bounding_box(volume, (4.0, 4.0, 4.0), margin_mm=0.0)
+        assert start[0] <= 12 and end[0] >= 52, (start, end)  # both lungs
+        assert start[2] <= 8 and end[2] <= 40
+
+
 def test_no_lungs_keeps_whole_volume():
     hu = np.zeros((20, 20, 10), np.float32)  # soft tissue only
     assert lung_bounding_box(hu, (1.0, 1.0, 1.0)) is None

@@ -46,7 +46,7 @@ def lung_bounding_box(
     """Voxel bounding box of the lungs from a HU threshold and connected components (no network).
 
     Air below ``air_hu`` that is not connected to the in-plane border of the volume (the air around the
-    patient) and forms components of at least ``min_lung_ml`` is taken as lung; the box is widened by
+    patient; axial slices that are almost all air, past the ends of the patient, are left out) and forms components of at least ``min_lung_ml`` is taken as lung; the box is widened by
     ``margin_mm`` so nodules on the pleura stay inside. Runs on a grid subsampled to about ``step_mm``.
 
     Args:
@@ -64,6 +64,10 @@ def lung_bounding_box(
     step = np.maximum(1, np.round(step_mm / spacing)).astype(int)
     small = np.asarray(hu[:: step[0], :: step[1], :: step[2]])
     air = small < air_hu
+    # axial slices without the patient in them (air past the ends of the scan, e.g. padding) would join the
+    # trachea, and through it a lung, to the air around the patient: they are left out of the search
+    no_patient = air.mean(axis=(0, 1)) > 0.98
+    air[:, :, no_patient] = False
     labels, num = ndimage.label(air)
     if num == 0:
         return None
