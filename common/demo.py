@@ -101,11 +101,10 @@ class BundleDemo:
 
 # ---------------------------------------------------------------------------------------------------------
 # THE demo-scale settings: those of each model card's synthetic acceptance run (data config + seed, training
-# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22, a fresh run of all five,
-# one thread per step, on the 2-core machine shared with two other training jobs: 1688 s wall clock; per
-# bundle wall (CPU) seconds, data included: seg 196 (128), det 1204 (740: 3000 training iterations),
-# oct 110 (118), cxr 105 (113) + 6 for the shipped weights, o2 74 (73). On an idle machine expect about
-# the CPU seconds, some 20 minutes in all.
+# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22 (detection bundle 0.3.0), a
+# fresh run of all five, one thread per step, the other core busy with tests and benchmarks: 1809 s wall
+# clock; per bundle wall (CPU) seconds, data included: seg 111 (110), det 1456 (1438: 9000 training
+# iterations, 1300 s), oct 93 (115), cxr 83 (96) + 5 for the shipped weights, o2 66 (66). About 30 minutes.
 # ---------------------------------------------------------------------------------------------------------
 NODULE_DEMO_RECIPE: dict[str, Any] = yaml.safe_load(
     (REPO / "bundles" / "lung_nodule_ct_detection" / "docs" / "synthetic_demo_train.yaml").read_text())
