@@ -12,13 +12,13 @@
 """
 
 from common.detection.detector import NoduleDetector, fast_autocast_dtype
-from common.detection.tta import FLIP_VIEWS, flip_views, fuse_view_detections
 from common.detection.engines import DetectionEvaluator, DetectionLoss, DetectionPrepareBatch
 from common.detection.evaluation import DetectionReport, NoduleCPM
 from common.detection.inference import DetectionWriter, list_inputs
 from common.detection.losses import PositiveNormalizedFocalLoss
 from common.detection.network import FlatHeadOutputs, HeadOutputsDict, NoduleRetinaNet, build_nodule_retinanet
 from common.detection.transforms import CropToLungsd, DatalistBoxesd, DetectionsToWorldd
+from common.detection.tta import FLIP_VIEWS, flip_views, fuse_view_detections
 
 __all__ = [
     "NoduleDetector",

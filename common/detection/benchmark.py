@@ -128,7 +128,10 @@ def run(
             ("onnxruntime", ["inference.yaml", "inference_onnx.yaml"], {"onnx_path": str(onnx_path)}),
         ]
         if one_view:  # inference.yaml detects on 8 views (test-time flips); the same two on the scan alone
-            runs += [(f"{name}_one_view", files, {**extra, "test_time_flips": False}) for name, files, extra in runs]
+            runs += [
+                (f"{name}_one_view", files, {**extra, "test_time_flips": False})
+                for name, files, extra in runs
+            ]
         for name, files, extra in runs:
             out = work / f"out_{name}"
             result = _child(

@@ -42,7 +42,9 @@ def flip_views(setting: bool | int | Sequence[Sequence[int]]) -> tuple[tuple[int
     if isinstance(setting, str):  # from the command line: "true", "false", "4"
         word = setting.strip().lower()
         if word not in ("true", "false") and not word.isdigit():
-            raise ValueError(f"test-time flips: {setting!r} is not true, false, a number of views or lists of axes")
+            raise ValueError(
+                f"test-time flips: {setting!r} is not true, false, a number of views or lists of axes"
+            )
         setting = word == "true" if word in ("true", "false") else int(word)
     if isinstance(setting, bool):
         return FLIP_VIEWS if setting else ((),)
@@ -83,7 +85,9 @@ def fuse_view_detections(
     boxes = torch.cat([v[box_key].float() for v in views])
     scores = torch.cat([v[score_key].float() for v in views])
     labels = torch.cat([v[label_key] for v in views])
-    view_ids = torch.cat([torch.full((v[score_key].shape[0],), i, dtype=torch.long) for i, v in enumerate(views)])
+    view_ids = torch.cat(
+        [torch.full((v[score_key].shape[0],), i, dtype=torch.long) for i, v in enumerate(views)]
+    )
     extras = {k: torch.cat([v[k].float() for v in views]) for k in extra}
     if boxes.shape[0] == 0:
         return {box_key: boxes, score_key: scores, label_key: labels, **extras}
