@@ -1,7 +1,7 @@
 """Test-time augmentation for nodule detection: mirrored views of a scan and the fusion of their boxes.
 
 The detector runs on the scan and on its mirror images (``FLIP_VIEWS``: every combination of the three
-axes, as nnDetection does for LUNA16), maps each view's boxes back with MONAI's ``flip_boxes`` and fuses
+axes, the mirroring of nnU-Net-style test-time augmentation), maps each view's boxes back with MONAI's ``flip_boxes`` and fuses
 them per nodule: detections of different views whose centres fall in the box of the highest-scoring one
 form a cluster; the cluster's score is the sum of its members' scores divided by the number of views (a
 view that missed the nodule contributes 0), and its box and malignancy probabilities are the
@@ -30,8 +30,9 @@ def flip_views(setting: bool | int | Sequence[Sequence[int]]) -> tuple[tuple[int
     """The views of a test-time flip setting.
 
     Args:
-        setting: ``False``/``1`` (no augmentation; also ``"false"``, ``"true"``, ``"4"`` from the command line), ``True`` (all 8 views), a number of views ``n`` (the
-            first ``n`` of ``FLIP_VIEWS``), or explicit lists of axes per view (``[]`` is the scan itself).
+        setting: ``False`` or ``1`` (the scan alone), ``True`` (all 8 views), a number of views ``n`` (the
+            first ``n`` of ``FLIP_VIEWS``), or explicit lists of axes per view (``[]`` is the scan itself);
+            from the command line also ``"false"``, ``"true"`` or ``"4"``.
 
     Returns:
         tuples of flipped axes, one per view, the identity first.
@@ -81,6 +82,9 @@ def fuse_view_detections(
         one dict of detections with the same keys, sorted by decreasing fused score.
     """
     num_views = len(views)
+    device = views[0][box_key].device
+    # a few hundred detections: clustered on the CPU, returned on the views' device
+    views = [{k: v.detach().cpu() for k, v in view.items()} for view in views]
     extra = [k for k in extra_keys if all(k in v for v in views)]
     boxes = torch.cat([v[box_key].float() for v in views])
     scores = torch.cat([v[score_key].float() for v in views])
@@ -90,7 +94,10 @@ def fuse_view_detections(
     )
     extras = {k: torch.cat([v[k].float() for v in views]) for k in extra}
     if boxes.shape[0] == 0:
-        return {box_key: boxes, score_key: scores, label_key: labels, **extras}
+        return {
+            k: v.to(device)
+            for k, v in {box_key: boxes, score_key: scores, label_key: labels, **extras}.items()
+        }
     order = torch.argsort(scores, descending=True)
     centres = (boxes[:, :3] + boxes[:, 3:]) / 2
     # centre of j inside box i (same label) for every pair
@@ -118,4 +125,4 @@ def fuse_view_detections(
             fused[k].append((extras[k][idx] * weights.reshape(-1, *[1] * (extras[k].dim() - 1))).sum(0))
     out = {k: torch.stack(v) for k, v in fused.items()}
     keep = torch.argsort(out[score_key], descending=True)[:max_detections]
-    return {k: v[keep] for k, v in out.items()}
+    return {k: v[keep].to(device) for k, v in out.items()}
