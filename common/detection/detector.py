@@ -50,7 +50,11 @@ def fast_autocast_dtype(device: torch.device | str) -> str | None:
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        try:  # PyTorch's own test for oneDNN bfloat16 kernels (private, hence the fallback)
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+        return "bfloat16" if native else None
     return None
 
 
