@@ -46,8 +46,9 @@ def lung_bounding_box(
     """Voxel bounding box of the lungs from a HU threshold and connected components (no network).
 
     Air below ``air_hu`` that is not connected to the in-plane border of the volume (the air around the
-    patient; axial slices that are almost all air, past the ends of the patient, are left out) and forms components of at least ``min_lung_ml`` is taken as lung; the box is widened by
-    ``margin_mm`` so nodules on the pleura stay inside. Runs on a grid subsampled to about ``step_mm``.
+    patient; axial slices that are almost all air, past the ends of the patient, are left out) and forms
+    components of at least ``min_lung_ml`` is taken as lung; the box is widened by ``margin_mm`` so
+    nodules on the pleura stay inside. Runs on a grid subsampled to about ``step_mm``.
 
     Args:
         hu: ``(X, Y, Z)`` volume in HU.
