@@ -154,6 +154,9 @@ class LungPostprocessd(MapTransform):
         lung_labels: the labels to clean.
         connectivity: neighbourhood of the connected-component analysis (1 = faces ... 3 = corners).
         fill_holes: fill holes fully enclosed by a lung (tumours, effusions inside the lung).
+        body_key: key of a body mask on the same grid (``common.transforms.BodyMaskd``); voxels outside
+            the body become background before the components are chosen, so air outside the patient,
+            the couch or the gap under the back can never become lung. Ignored when the key is absent.
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -163,9 +166,11 @@ class LungPostprocessd(MapTransform):
         lung_labels: Sequence[int] = (RIGHT_LUNG, LEFT_LUNG),
         connectivity: int = 1,
         fill_holes: bool = True,
+        body_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.body_key = body_key
         self.keep_largest = KeepLargestConnectedComponent(
             applied_labels=list(lung_labels), is_onehot=False, independent=True, connectivity=connectivity
         )
@@ -177,7 +182,14 @@ class LungPostprocessd(MapTransform):
             prob = d[key]
             values = prob.as_tensor() if isinstance(prob, MetaTensor) else torch.as_tensor(prob)
             raw = torch.argmax(values, dim=0, keepdim=True)
-            clean = self.keep_largest(raw.clone())  # it works in place
+            clean = raw.clone()
+            body = d.get(self.body_key) if self.body_key is not None else None
+            if body is not None:
+                inside = torch.as_tensor(body).to(raw.device)[0] > 0.5
+                if inside.shape != raw.shape[1:]:
+                    raise ValueError(f"body mask {tuple(inside.shape)} and prediction {tuple(raw.shape[1:])} differ in shape")
+                clean[0][~inside] = 0
+            clean = self.keep_largest(clean)  # it works in place
             if self.fill_holes is not None:
                 clean = self.fill_holes(clean)
             if isinstance(clean, MetaTensor):

@@ -1,6 +1,7 @@
 """MONAI dictionary transforms shared by the bundles (``_target_: common.transforms.<Name>``).
 
-CT (:mod:`common.transforms.ct`): ``LoadCTd``, ``LoadLabelVolumed``, ``HUWindowd``.
+CT (:mod:`common.transforms.ct`, :mod:`common.transforms.body`): ``LoadCTd``, ``LoadLabelVolumed``,
+``HUWindowd``, ``BodyMaskd``.
 Radiographs (:mod:`common.transforms.radiograph`): ``LoadRadiographd``, ``LetterboxResized``.
 OCT (:mod:`common.transforms.oct`): ``LoadOCTd``, ``OCTNormalized``.
 EHR (:mod:`common.transforms.ehr`): ``FeatureSpec``, ``EHRVectord``, ``read_ehr_csv``.
@@ -9,6 +10,7 @@ Orientation and resampling use MONAI's own ``Orientationd(axcodes="RAS")`` and `
 Every loader raises :class:`common.errors.InputDataError` naming the file for input it cannot use.
 """
 
+from common.transforms.body import BodyMaskd, body_mask
 from common.transforms.ct import (
     HUWindowd,
     LoadCTd,
@@ -27,6 +29,7 @@ from common.transforms.radiograph import (
 )
 
 __all__ = [
+    "BodyMaskd",
     "EHRVectord",
     "Feature",
     "FeatureSpec",
@@ -37,6 +40,7 @@ __all__ = [
     "LoadOCTd",
     "LoadRadiographd",
     "OCTNormalized",
+    "body_mask",
     "check_hu_values",
     "letterbox_to_original",
     "load_ct",
