@@ -1,4 +1,4 @@
-"""Helpers bundle configs call: fine-tuning from an initial checkpoint, freezing layers."""
+"""Helpers bundle configs call: fine-tuning from an initial checkpoint, guarding shipped weights, freezing layers."""
 
 from __future__ import annotations
 
@@ -98,6 +98,44 @@ def load_initial_weights(
     if unexpected:
         logger.warning("in the checkpoint but not in the network, ignored: %s", ", ".join(unexpected))
     return network
+
+
+def check_checkpoint_dir(
+    ckpt_dir: str | os.PathLike,
+    initial_ckpt: str | os.PathLike | None = "",
+    filenames: Sequence[str] = ("model.pt", "model_final.pt"),
+    protected: Sequence[str | os.PathLike] = (),
+) -> str:
+    """Refuse a training whose checkpoints would overwrite the weights it starts from, or shipped weights.
+
+    A fine-tuning run started with ``--initial_ckpt bundles/<name>/models/model.pt --ckpt_dir
+    bundles/<name>/models`` would otherwise replace the shipped weights (whose sha256 the bundle's
+    metadata records) with a partly trained model.
+
+    Args:
+        ckpt_dir: folder the training writes its checkpoints to.
+        initial_ckpt: the checkpoint the training starts from (``""`` for none).
+        filenames: names the training writes into ``ckpt_dir``.
+        protected: further files that must never be written (a bundle's shipped ``models/model.pt``).
+
+    Returns:
+        ``ckpt_dir`` (so a config can use the call where it needs the folder).
+
+    Raises:
+        ValueError: a checkpoint would be written onto ``initial_ckpt`` or a protected file.
+    """
+    guarded = [Path(p) for p in protected if str(p)]
+    if initial_ckpt is not None and str(initial_ckpt):
+        guarded.append(Path(initial_ckpt))
+    for name in filenames:
+        target = Path(ckpt_dir) / name
+        for path in guarded:
+            if target.resolve() == path.resolve():
+                raise ValueError(
+                    f"training would write {target} over {path}, the weights it starts from or the bundle's "
+                    "shipped weights; pass another --ckpt_dir (the default is the bundle's runs/ folder)"
+                )
+    return str(ckpt_dir)
 
 
 def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> torch.nn.Module:

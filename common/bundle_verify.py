@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
+import hashlib
 import json
 import logging
 import operator
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 logger = logging.getLogger(__name__)
 
@@ -567,6 +570,56 @@ def check_phi_redaction(configs_dir: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- bundle
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights(bundle_root: Path, max_bytes: int = 25 * 1024 * 1024) -> list[str]:
+    """Shipped weights: the file ``metadata.json``'s ``weights`` entry names exists, is at most
+    ``max_bytes`` (model-zoo's limit) and has the recorded sha256 and size; every file
+    ``large_files.yml`` lists has its recorded hash. A bundle that ships no weights has no entry."""
+    problems: list[str] = []
+    meta_file = bundle_root / "configs" / "metadata.json"
+    try:
+        weights = json.loads(meta_file.read_text()).get("weights")
+    except (OSError, json.JSONDecodeError):
+        return problems  # check_metadata reports it
+    hashes: dict[str, str] = {}
+    if weights:
+        path = bundle_root / weights.get("file", "models/model.pt")
+        if not path.is_file():
+            problems.append(f"{path}: shipped weights missing (metadata.json records sha256 {weights.get('sha256')})")
+        else:
+            hashes[str(path)] = _sha256(path)
+            if hashes[str(path)] != weights.get("sha256"):
+                problems.append(f"{path}: sha256 {hashes[str(path)]} differs from metadata.json's {weights.get('sha256')}")
+            if path.stat().st_size != weights.get("size_bytes", path.stat().st_size):
+                problems.append(f"{path}: {path.stat().st_size} bytes, metadata.json says {weights.get('size_bytes')}")
+            if path.stat().st_size > max_bytes:
+                problems.append(f"{path}: {path.stat().st_size} bytes, over the {max_bytes}-byte limit")
+    large = bundle_root / "large_files.yml"
+    if large.is_file():
+        try:
+            entries = (yaml.safe_load(large.read_text()) or {}).get("large_files", [])
+        except yaml.YAMLError as e:
+            return problems + [f"{large}: not valid YAML ({e})"]
+        for entry in entries:
+            path = bundle_root / str(entry.get("path", ""))
+            if entry.get("hash_type", "sha256") != "sha256" or not path.is_file():
+                problems.append(f"{large}: {entry.get('path')!r} is missing or has no sha256 hash_type")
+                continue
+            digest = hashes.get(str(path)) or _sha256(path)
+            if digest != entry.get("hash_val"):
+                problems.append(f"{large}: {entry.get('path')} hash_val differs from the file's sha256 {digest}")
+    elif weights:
+        problems.append(f"{large}: missing (the bundle ships {weights.get('file')})")
+    return problems
+
+
 def verify_bundle(path: str | Path, check_network: bool = True) -> list[str]:
     """Run every check on one bundle folder.
 
@@ -611,6 +664,7 @@ def verify_bundle(path: str | Path, check_network: bool = True) -> list[str]:
     if (configs / "logging.conf").is_file():
         problems += check_logging_conf(configs / "logging.conf")
     problems += check_phi_redaction(configs)
+    problems += check_weights(root)
     if (root / "docs" / "README.md").is_file():
         problems += check_model_card(root / "docs" / "README.md")
     if check_network and (configs / "metadata.json").is_file() and (configs / "export_onnx.yaml").is_file():

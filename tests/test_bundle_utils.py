@@ -133,3 +133,21 @@ def test_metrics_report_writes_metrics_and_per_case_values(tmp_path):
     assert written["num_cases"] == 3
     assert written["per_case"]["val_mean_dice"] == {"case0.nii.gz": [0.5], "case1.nii.gz": [0.75], "case2.nii.gz": [1.0]}
     assert written["model_version"] == "0.1.0"
+
+
+def test_checkpoint_dir_never_overwrites_the_starting_or_shipped_weights(tmp_path):
+    from common.bundle_utils import check_checkpoint_dir
+
+    shipped = tmp_path / "bundle" / "models" / "model.pt"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(b"weights")
+    # fine-tuning from the shipped weights into the folder that holds them
+    with pytest.raises(ValueError, match="model.pt"):
+        check_checkpoint_dir(shipped.parent, initial_ckpt=shipped)
+    # the same folder named another way, and the shipped file protected with no initial checkpoint
+    with pytest.raises(ValueError, match="shipped"):
+        check_checkpoint_dir(tmp_path / "bundle" / "models" / ".." / "models", "", protected=[shipped])
+    # another folder is fine, and so is the shipped folder when the training writes other names
+    assert check_checkpoint_dir(tmp_path / "runs", initial_ckpt=shipped, protected=[shipped]) == str(tmp_path / "runs")
+    check_checkpoint_dir(shipped.parent, "", filenames=("model_run2.pt",), protected=[shipped])
+    assert shipped.read_bytes() == b"weights"

@@ -194,3 +194,37 @@ def test_submodule_used_but_never_imported(bundle):
     _edit_yaml(bundle / "configs" / "train.yaml", lambda c: c.update(loss="$common.resources.make_loss()"))
     problem = _one(verify_bundle(bundle, check_network=False), "train.yaml", "loss", "has no attribute 'resources'")
     assert "$import common.resources" in problem
+
+
+def _ship_weights(bundle: Path, payload: bytes = b"weights") -> str:
+    import hashlib
+
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "models" / "model.pt").write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    meta_file = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["weights"] = {"file": "models/model.pt", "sha256": digest, "size_bytes": len(payload)}
+    meta_file.write_text(json.dumps(meta, indent=1))
+    (bundle / "large_files.yml").write_text(
+        f'large_files:\n  - path: "models/model.pt"\n    hash_type: "sha256"\n    hash_val: "{digest}"\n'
+    )
+    return digest
+
+
+def test_shipped_weights_must_match_their_recorded_sha256(bundle):
+    _ship_weights(bundle)
+    assert verify_bundle(bundle, check_network=False) == []
+    # a training that wrote over the shipped file: metadata and large_files.yml no longer match
+    (bundle / "models" / "model.pt").write_bytes(b"other weights")
+    problems = verify_bundle(bundle, check_network=False)
+    assert any("model.pt: sha256" in p and "metadata.json" in p for p in problems), problems
+    assert any("large_files.yml" in p and "hash_val differs" in p for p in problems), problems
+    (bundle / "models" / "model.pt").unlink()
+    assert any("shipped weights missing" in p for p in verify_bundle(bundle, check_network=False))
+
+
+def test_shipped_weights_need_large_files_yml(bundle):
+    _ship_weights(bundle)
+    (bundle / "large_files.yml").unlink()
+    _one(verify_bundle(bundle, check_network=False), "large_files.yml", "missing")
