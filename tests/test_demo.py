@@ -347,3 +347,20 @@ def test_nodule_demo_infers_with_the_training_geometry():
     train.read_config(str(d.REPO / "bundles" / "lung_nodule_ct_detection" / "configs" / "train.yaml"))
     for key in demo.train:  # every override names an existing id of train.yaml
         assert key in train, key
+
+
+def test_lung_shipped_weights_step_and_row(tmp_path):
+    demo = d.DEMOS[d.LUNG_SEG]
+    steps = d.bundle_steps(demo, tmp_path, "python")
+    shipped = next(s for s in steps if s.name == "real_weights")
+    assert shipped.optional
+    assert shipped.argv[shipped.argv.index("--ckpt_path") + 1].endswith("bundles/lung_ct_segmentation/models/model.pt")
+    _fake_bundle_outputs(tmp_path, demo, 0.97)
+    work = tmp_path / demo.bundle
+    (work / "real_weights").mkdir(parents=True)
+    (work / "real_weights" / "metrics.json").write_text(json.dumps({"n_cases": 6, "mean": {"dice": 0.9612}}))
+    rows = d.bundle_rows(demo, tmp_path, [d.StepResult("train", "ran", 1.0), d.StepResult("real_weights", "ran", 2.0)])
+    assert len(rows) == 2 and rows[1].value == "0.961" and "6 synthetic test phantoms" in rows[1].metric
+    failed = d.bundle_rows(demo, tmp_path, [d.StepResult("real_weights", "failed", 2.0, detail="boom")])
+    # an optional step: the bundle's row stays, says what failed, and the weights' row carries the error
+    assert "real_weights failed: boom" in failed[0].status and failed[1].status == "boom"
