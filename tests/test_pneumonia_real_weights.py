@@ -139,3 +139,22 @@ def test_pneumonia_auc_on_validation_images_and_full_size_inputs(tmp_path):
     p_pneu_full = 1.0 - _probabilities(network, full)[:, 0]
     assert np.median(np.abs(p_pneu_full - p_pneu)) < 0.05
     assert ((p_pneu_full >= 0.5) == (p_pneu >= 0.5)).mean() >= 0.9
+
+
+def test_fine_tuning_refuses_to_write_over_the_shipped_weights(tmp_path):
+    """The reported accident: --initial_ckpt models/model.pt with checkpoints into models/ replaced the file."""
+    from monai.bundle import ConfigWorkflow
+
+    before = _sha256(WEIGHTS)
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "train.yaml"), workflow_type="train", bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path), initial_ckpt=str(WEIGHTS), ckpt_dir=str(BUNDLE / "models"),
+        output_dir=str(tmp_path / "eval"),
+    )
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    causes = [info.value]
+    while causes[-1].__cause__ is not None:  # MONAI wraps the config expression's error
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(e, ValueError) and "would write" in str(e) for e in causes), causes
+    assert _sha256(WEIGHTS) == before
