@@ -113,9 +113,12 @@ def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: 
     if not (data / "dataset.yaml").is_file():
         import yaml
 
-        config = data.parent / f"_{demo.task}_demo_config.yaml"
         data.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
+        if isinstance(demo.synthetic, str):  # a generator config file of the repository
+            config = REPO / demo.synthetic
+        else:
+            config = data.parent / f"_{demo.task}_demo_config.yaml"
+            config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), demo.task, "--out", str(data),
                         "--config", str(config), "--seed", str(demo.seed)], check=True, cwd=REPO, env=_child_env(threads),
