@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import InputDataError
+from common.errors import InputDataError, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,89 @@ def check_checkpoint_dir(
                     "shipped weights; pass another --ckpt_dir (the default is the bundle's runs/ folder)"
                 )
     return str(ckpt_dir)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, in hex (read in 1 MiB blocks), as ``metadata.json`` and
+    ``large_files.yml`` record shipped weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checked_weights(
+    path: str | os.PathLike,
+    network: torch.nn.Module | None = None,
+    bundle_root: str | os.PathLike = ".",
+    ckpt_id: str = "ckpt_path",
+) -> str:
+    """Check the weights an inference or evaluation config is about to load; return ``path``.
+
+    Used as ``CheckpointLoader``'s ``load_path`` (``$common.bundle_utils.checked_weights(@ckpt_path,
+    @network_def, @bundle_root)``), so a problem is reported before any data is read, in one line
+    (``WeightsUnavailable``) that names the file and the command that trains or restores it:
+
+    * the file does not exist;
+    * it is the bundle's shipped ``models/model.pt`` and its sha256 differs from the one ``metadata.json``
+      records (a Git LFS pointer, a truncated copy, or weights written over it);
+    * it cannot be read with ``torch.load(weights_only=True)``;
+    * its tensors do not fit ``network`` by name and shape (made for another network or other settings).
+
+    Args:
+        path: the checkpoint file.
+        network: the network the weights are for; None skips the name and shape check.
+        bundle_root: the bundle being run (its ``configs/metadata.json`` records the shipped weights' sha256).
+        ckpt_id: the config id that names the checkpoint (shown in the remedy).
+
+    Returns:
+        ``str(path)``.
+
+    Raises:
+        WeightsUnavailable: any of the problems above.
+    """
+    import json
+
+    path, bundle = Path(path), Path(bundle_root)
+    train = (f"python -m monai.bundle run --config_file {bundle}/configs/train.yaml --bundle_root {bundle} "
+             "--dataset_dir DATA")
+    given = "the folder of their model.pt" if ckpt_id.endswith("_dir") else "their model.pt"
+    remedy = f"train weights with `{train}` and pass {given} with --{ckpt_id}"
+    shipped_sha = None
+    shipped = bundle / "models" / "model.pt"
+    meta_file = bundle / "configs" / "metadata.json"
+    if path.resolve() == shipped.resolve() and meta_file.is_file():
+        shipped_sha = (json.loads(meta_file.read_text()).get("weights") or {}).get("sha256")
+        if shipped_sha:
+            remedy = f"restore the shipped weights with `git checkout -- {shipped}` (sha256 in {meta_file}), or {remedy}"
+    remedy = remedy[0].upper() + remedy[1:]
+    if not path.is_file():
+        raise WeightsUnavailable(path, "weights file not found", remedy)
+    if shipped_sha and sha256_file(path) != shipped_sha:
+        raise WeightsUnavailable(path, f"sha256 differs from the {shipped_sha[:12]}... that metadata.json records "
+                                       "(damaged, a Git LFS pointer, or other weights copied over it)", remedy)
+    try:
+        state = read_state_dict(path)
+    except InputDataError as e:
+        raise WeightsUnavailable(path, e.problem, remedy) from None
+    if network is not None:
+        own = _unwrap(network).state_dict()
+        missing = [k for k in own if k not in state]
+        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or wrong:
+            example = (wrong or missing)[0]
+            detail = (f"shape {tuple(state[example].shape)}, the network's {tuple(own[example].shape)}" if wrong
+                      else "missing")
+            raise WeightsUnavailable(
+                path,
+                f"does not fit this network ({len(missing)} of its {len(own)} tensors missing, {len(wrong)} of "
+                f"another shape, e.g. {example}: {detail}): weights of another bundle or of other network settings",
+                remedy,
+            )
+    return str(path)
 
 
 def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> torch.nn.Module:

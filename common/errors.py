@@ -20,3 +20,24 @@ class InputDataError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class WeightsUnavailable(SystemExit):
+    """A bundle's network weights are missing, damaged or made for another network.
+
+    A ``SystemExit`` on purpose: raised while ``python -m monai.bundle run`` parses a config, it passes
+    through MONAI's and ignite's ``except Exception`` wrappers, so the user sees one line (which file,
+    what is wrong, the command that makes or restores it) and exit status 1 instead of a long traceback
+    whose cause is buried in the middle.
+
+    Args:
+        path: the weights file.
+        problem: what is wrong with it.
+        remedy: the command that trains or restores it.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str, remedy: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(f"error: {self.path}: {problem}. {remedy}")

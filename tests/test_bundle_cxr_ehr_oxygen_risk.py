@@ -38,7 +38,7 @@ def workflow(bundle: Path, files: list[str], workflow_type: str, **overrides) ->
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("o2bundle")
     bundle = root / "bundle"
-    shutil.copytree(BUNDLE_SRC, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs"))
+    shutil.copytree(BUNDLE_SRC, bundle, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs"))
     (bundle / "models").mkdir()
     data = generate_oxygen_risk(root / "data", COHORT, seed=1)
     wf = workflow(bundle, ["train.yaml"], "train", dataset_dir=str(data), max_epochs=4, batch_size=16, learning_rate=0.003)
@@ -47,8 +47,13 @@ def env(tmp_path_factory):
     return {"root": root, "bundle": bundle, "data": data, "trainer": wf.trainer, "evaluator": wf.evaluator}
 
 
+def _trained(env) -> Path:
+    """The checkpoint the fixture's training wrote (train.yaml's default ckpt_dir: runs/models)."""
+    return env["bundle"] / "runs" / "models" / "model.pt"
+
+
 def test_train_writes_checkpoints_and_learns(env):
-    models = env["bundle"] / "models"
+    models = env["bundle"] / "runs" / "models"
     assert (models / "model.pt").is_file() and (models / "model_final.pt").is_file()
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert "head.weight" in state
@@ -102,6 +107,7 @@ def _inference_csv(env) -> Path:
 
 
 def _run_inference(env, folder: Path, out: Path, files: list[str], **overrides) -> dict[str, dict]:
+    overrides.setdefault("ckpt_path", str(_trained(env)))
     wf = workflow(env["bundle"], files, "infer", dataset_dir=str(folder), output_dir=str(out), **overrides)
     wf.run()
     return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
@@ -126,7 +132,7 @@ def test_inference_missing_and_out_of_range(env):
 def test_onnx_export_and_onnx_inference_parity(env):
     from common.export import export_bundle
 
-    report = export_bundle(env["bundle"])
+    report = export_bundle(env["bundle"], checkpoint=_trained(env))
     assert report["passed"] and (env["bundle"] / "models" / "model.onnx").is_file()
     import onnx
 

@@ -151,3 +151,56 @@ def test_checkpoint_dir_never_overwrites_the_starting_or_shipped_weights(tmp_pat
     assert check_checkpoint_dir(tmp_path / "runs", initial_ckpt=shipped, protected=[shipped]) == str(tmp_path / "runs")
     check_checkpoint_dir(shipped.parent, "", filenames=("model_run2.pt",), protected=[shipped])
     assert shipped.read_bytes() == b"weights"
+
+
+def _bundle_with_shipped_weights(tmp_path, network: torch.nn.Module):
+    """A bundle folder whose metadata.json records the sha256 of its models/model.pt."""
+    import hashlib
+
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").mkdir()
+    weights = bundle / "models" / "model.pt"
+    torch.save(network.state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"weights": {"sha256": digest}}))
+    return bundle, weights
+
+
+def test_checked_weights_accepts_fitting_weights(tmp_path):
+    from common.bundle_utils import checked_weights
+
+    network = _unet()
+    bundle, weights = _bundle_with_shipped_weights(tmp_path, network)
+    assert checked_weights(weights, network, bundle) == str(weights)
+    other = tmp_path / "finetuned.pt"  # not the shipped file: no sha256 to compare, only the fit
+    torch.save({"model": _unet(seed=3).state_dict()}, other)
+    assert checked_weights(other, network, bundle) == str(other)
+
+
+def test_checked_weights_says_in_one_line_what_is_wrong_and_what_to_run(tmp_path):
+    from common.bundle_utils import checked_weights
+    from common.errors import WeightsUnavailable
+
+    network = _unet()
+    bundle, weights = _bundle_with_shipped_weights(tmp_path, network)
+    cases = {}
+    with pytest.raises(WeightsUnavailable) as info:
+        checked_weights(tmp_path / "nowhere.pt", network, bundle)
+    cases["missing"] = info.value
+    other = tmp_path / "other.pt"
+    torch.save(_unet(out_channels=5).state_dict(), other)  # another number of classes
+    with pytest.raises(WeightsUnavailable) as info:
+        checked_weights(other, network, bundle)
+    cases["misfit"] = info.value
+    weights.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer instead of the file
+    with pytest.raises(WeightsUnavailable) as info:
+        checked_weights(weights, network, bundle)
+    cases["sha256"] = info.value
+
+    assert "not found" in str(cases["missing"]) and "train.yaml" in str(cases["missing"])
+    assert "does not fit this network" in str(cases["misfit"]) and "of another shape" in str(cases["misfit"])
+    assert "sha256 differs" in str(cases["sha256"]) and f"git checkout -- {weights}" in str(cases["sha256"])
+    for error in cases.values():
+        # SystemExit, so MONAI's `except Exception` wrappers let it through as the run's one-line message
+        assert isinstance(error, SystemExit) and "\n" not in str(error) and str(error).startswith("error: ")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,22 @@ def test_fine_tuning_refuses_to_write_over_the_shipped_weights(tmp_path):
         causes.append(causes[-1].__cause__)
     assert any(isinstance(e, ValueError) and "would write" in str(e) for e in causes), causes
     assert _sha256(WEIGHTS) == before
+
+
+def test_fine_tuning_from_the_shipped_weights_leaves_them_byte_identical(tmp_path):
+    """What a user runs to fine-tune (the card's command, default --ckpt_dir): checkpoints go to runs/models/."""
+    import bundle_runner
+
+    from common.synthetic.cxr import generate_pneumonia_cxr
+
+    data = tmp_path / "data"
+    generate_pneumonia_cxr(data, {"image_size": 64, "write_masks": False,
+                                  "splits": {"train": {"NORMAL": 6, "BACTERIAL": 6, "VIRAL": 6}}}, seed=0)
+    copy = Path(shutil.copytree(BUNDLE, tmp_path / "bundle", ignore=shutil.ignore_patterns("runs", "eval", "logs")))
+    before = _sha256(copy / "models" / "model.pt")
+    bundle_runner.cli("-m", "monai.bundle", "run", "--config_file", str(copy / "configs" / "train.yaml"),
+                      "--bundle_root", str(copy), "--dataset_dir", str(data), "--max_epochs", "1",
+                      "--val_fraction", "0.3", "--initial_ckpt", str(copy / "models" / "model.pt"),
+                      "--learning_rate", "0.0005", "--num_workers", "0")
+    assert _sha256(copy / "models" / "model.pt") == before == _sha256(WEIGHTS)
+    assert (copy / "runs" / "models" / "model.pt").is_file()

@@ -1,0 +1,71 @@
+"""Every bundle's inference and evaluation check the weights they load, and say so in one line.
+
+``configs/inference.yaml`` and ``configs/evaluate.yaml`` pass their checkpoint through
+``common.bundle_utils.checked_weights``; a missing file, the shipped file with another sha256, or
+weights of another network stop ``python -m monai.bundle run`` with one line naming the file and the
+command that trains or restores it (exit status 1), not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from common.errors import WeightsUnavailable
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.yaml").is_file())
+
+
+def _parser(bundle: str, files: list[str], **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / bundle / "configs" / f) for f in files])
+    parser["bundle_root"] = str(REPO / "bundles" / bundle)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_and_evaluation_refuse_missing_weights(bundle, tmp_path):
+    missing = str(tmp_path / "no_such_model.pt")
+    with pytest.raises(WeightsUnavailable, match="no_such_model.pt: weights file not found"):
+        _parser(bundle, ["inference.yaml"], ckpt_path=missing).get_parsed_content("handlers")
+    evaluate = _parser(bundle, ["train.yaml", "evaluate.yaml"], ckpt_path=missing)
+    with pytest.raises(WeightsUnavailable, match="no_such_model.pt: weights file not found"):
+        evaluate.get_parsed_content("validate#handlers")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_refuses_weights_of_another_network(bundle, tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(WeightsUnavailable, match="does not fit this network"):
+        _parser(bundle, ["inference.yaml"], ckpt_path=str(other)).get_parsed_content("handlers")
+
+
+def test_command_line_prints_one_line_and_exits_1(tmp_path):
+    bundle = REPO / "bundles" / "retina_oct_classification"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((64, 96)) * 255).astype(np.uint8)).save(scans / "CNV-1-1.jpeg")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.yaml"),
+         "--bundle_root", str(bundle), "--dataset_dir", str(scans), "--output_dir", str(tmp_path / "out"),
+         "--ckpt_path", str(tmp_path / "gone.pt")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith(f"error: {tmp_path / 'gone.pt'}: weights file not found. Train weights with")
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "predictions.csv").exists()
