@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
-import hashlib
 import json
 import logging
 import operator
@@ -69,6 +68,11 @@ MODEL_CARD_SECTIONS: tuple[str, ...] = (
 
 # size used for a "*" spatial dimension of network_data_format
 ANY_SIZE = 64
+
+# config id (in export_onnx.yaml's network_config) of the network MONAI's bundle tools use
+# (verify_net_in_out, ckpt_export) when network_def returns several tensors: the same network with one
+# output, network_data_format's `pred` (MONAI's tools read only that output entry)
+MONAI_TOOLS_NET_ID = "network_def_packed"
 
 _REF = re.compile(r"@[\w#:]*\w|@#")
 _ABS_PATH = re.compile(r"^(/(?!/)[^\s]*|[A-Za-z]:[\\/])")
@@ -445,9 +449,31 @@ def _smallest_shape(shape: Sequence[int | str], min_size: int = 1) -> tuple[list
     return sizes, variables
 
 
+def _monai_tools_output(bundle_root: Path, cfg: Mapping[str, Any], image: Any) -> Any:
+    """The output of ``MONAI_TOOLS_NET_ID`` for ``image`` (random weights), or None when the config has no such id.
+
+    Like MONAI's ``verify_net_in_out``, the network gets the first input only.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_root).resolve() / "configs" / cfg["network_config"]))
+    if MONAI_TOOLS_NET_ID not in parser:
+        return None
+    parser["bundle_root"] = str(Path(bundle_root).resolve())
+    network = parser.get_parsed_content(MONAI_TOOLS_NET_ID, instantiate=True).eval()
+    with torch.no_grad():
+        return network(image)
+
+
 def check_network_io(bundle_root: Path) -> list[str]:
     """Instantiate ``network_def`` (from export_onnx.yaml's ``network_config``, wrapped by its ``wrapper``),
-    feed zeros shaped as ``network_data_format.inputs`` and compare the outputs with ``.outputs``."""
+    feed zeros shaped as ``network_data_format.inputs`` and compare the outputs with ``.outputs``.
+
+    A tuple of outputs is named by export_onnx.yaml's ``outputs``. An output ``pred`` that the exported
+    network does not return is checked on ``MONAI_TOOLS_NET_ID`` (the one-tensor network MONAI's
+    ``verify_net_in_out`` and ``ckpt_export`` use), fed with the first input as MONAI feeds it."""
     import torch
 
     from common.export.onnx_export import build_bundle_network, load_export_config
@@ -482,21 +508,32 @@ def check_network_io(bundle_root: Path) -> list[str]:
         shapes = [tuple(f.shape) for f in feeds if hasattr(f, "shape")]
         return [f"{bundle_root}: network_def fails on zeros of shape {shapes} from network_data_format ({type(e).__name__}: {e})"]
 
+    # the exported network's outputs carry export_onnx.yaml's names (those of the ONNX graph)
+    names = [str(n) for n in cfg.get("outputs") or outputs]
     if isinstance(result, torch.Tensor):
-        got = {next(iter(outputs)): result} if len(outputs) == 1 else {"<single tensor>": result}
+        got = {names[0]: result} if len(names) == 1 else {"<single tensor>": result}
     elif isinstance(result, Mapping):
         got = dict(result)
     elif isinstance(result, (tuple, list)):
-        got = dict(zip(outputs, result))
-        if len(result) != len(outputs):
-            return [f"{meta_path}: network returns {len(result)} outputs, network_data_format lists {len(outputs)}"]
+        got = dict(zip(names, result))
+        if len(result) != len(names):
+            return [f"{bundle_root}: network returns {len(result)} outputs, export_onnx.yaml names {len(names)}"]
     else:
         return [f"{bundle_root}: network returns {type(result).__name__}; expected tensor, tuple or dict"]
 
     problems = []
+    if "pred" in outputs and "pred" not in got and feeds:
+        try:
+            pred = _monai_tools_output(bundle_root, cfg, feeds[0])
+        except Exception as e:
+            pred = None
+            problems.append(f"{bundle_root}: {MONAI_TOOLS_NET_ID} fails on zeros from network_data_format ({type(e).__name__}: {e})")
+        if pred is not None:
+            got["pred"] = pred
     for name, spec in outputs.items():
         if name not in got:
-            problems.append(f"{meta_path}: output {name!r} of network_data_format not returned (got {list(got)})")
+            hint = f"; define {MONAI_TOOLS_NET_ID} in {cfg['network_config']} for MONAI's tools" if name == "pred" else ""
+            problems.append(f"{meta_path}: output {name!r} of network_data_format not returned (got {list(got)}){hint}")
             continue
         if not isinstance(spec, Mapping):
             continue
@@ -570,18 +607,12 @@ def check_phi_redaction(configs_dir: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- bundle
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_weights(bundle_root: Path, max_bytes: int = 25 * 1024 * 1024) -> list[str]:
     """Shipped weights: the file ``metadata.json``'s ``weights`` entry names exists, is at most
     ``max_bytes`` (model-zoo's limit) and has the recorded sha256 and size; every file
     ``large_files.yml`` lists has its recorded hash. A bundle that ships no weights has no entry."""
+    from common.bundle_utils import sha256_file
+
     problems: list[str] = []
     meta_file = bundle_root / "configs" / "metadata.json"
     try:
@@ -594,7 +625,7 @@ def check_weights(bundle_root: Path, max_bytes: int = 25 * 1024 * 1024) -> list[
         if not path.is_file():
             problems.append(f"{path}: shipped weights missing (metadata.json records sha256 {weights.get('sha256')})")
         else:
-            hashes[str(path)] = _sha256(path)
+            hashes[str(path)] = sha256_file(path)
             if hashes[str(path)] != weights.get("sha256"):
                 problems.append(f"{path}: sha256 {hashes[str(path)]} differs from metadata.json's {weights.get('sha256')}")
             if path.stat().st_size != weights.get("size_bytes", path.stat().st_size):
@@ -612,7 +643,7 @@ def check_weights(bundle_root: Path, max_bytes: int = 25 * 1024 * 1024) -> list[
             if entry.get("hash_type", "sha256") != "sha256" or not path.is_file():
                 problems.append(f"{large}: {entry.get('path')!r} is missing or has no sha256 hash_type")
                 continue
-            digest = hashes.get(str(path)) or _sha256(path)
+            digest = hashes.get(str(path)) or sha256_file(path)
             if digest != entry.get("hash_val"):
                 problems.append(f"{large}: {entry.get('path')} hash_val differs from the file's sha256 {digest}")
     elif weights:

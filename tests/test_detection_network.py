@@ -12,6 +12,7 @@ from common.detection import (
     FlatHeadOutputs,
     HeadOutputsDict,
     NoduleDetector,
+    PackedHeadOutputs,
     PositiveNormalizedFocalLoss,
     build_nodule_retinanet,
     flip_views,
@@ -60,6 +61,45 @@ def test_flat_outputs_round_trip():
     for key in ("classification", "box_regression", "malignancy"):
         for a, b in zip(back[key], ref[key]):
             assert torch.equal(a, b)
+
+
+def test_packed_outputs_are_monai_flattened_head_outputs():
+    # one tensor for MONAI's bundle tools: per anchor (in RetinaNetDetector's / AnchorGenerator's order) the
+    # classification logit, the 6 box offsets and the 5 malignancy logits
+    detector = make_detector().eval()
+    x = torch.rand(2, 1, 16, 24, 32)
+    with torch.no_grad():
+        packed = PackedHeadOutputs(detector.network)(x)
+        maps = detector.network(x)
+    flat = [detector._reshape_maps(maps[k]) for k in ("classification", "box_regression", "malignancy")]
+    expected = torch.cat(flat, dim=2).permute(0, 2, 1)  # (B, anchors, C) -> (B, C, anchors)
+    n_anchors = sum(2 * t.shape[2:].numel() for t in maps["classification"])
+    assert packed.shape == (2, 1 + 6 + 5, n_anchors)
+    assert torch.equal(packed, expected)
+
+
+def test_packed_wrapper_keeps_the_checkpoint_keys():
+    # MONAI's ckpt_export loads model.pt strictly into the module it exports
+    torch.manual_seed(0)
+    source = build_nodule_retinanet(num_anchors=2, widths=(8, 16), fpn_channels=16)
+    target = PackedHeadOutputs(build_nodule_retinanet(num_anchors=2, widths=(8, 16), fpn_channels=16))
+    assert list(target.state_dict()) == list(source.state_dict())
+    half = {k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    target.load_state_dict(half)  # strict, as ckpt_export loads; shipped weights are float16
+    loaded = target.network.state_dict()
+    assert all(torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in half.items())
+
+
+def test_network_and_packed_outputs_script():
+    # TorchScript (MONAI's ckpt_export): the dict network (a drop-in for NoduleDetector) and the packed one
+    net = build_nodule_retinanet(num_anchors=2, widths=(8, 16), fpn_channels=16).eval()
+    x = torch.rand(1, 1, 16, 16, 24)
+    with torch.no_grad():
+        scripted, ref = torch.jit.script(net)(x), net(x)
+        for key in ("classification", "box_regression", "malignancy"):
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(scripted[key], ref[key]))
+        packed = PackedHeadOutputs(net)
+        assert torch.allclose(torch.jit.script(packed)(x), packed(x), atol=1e-6)
 
 
 def test_training_losses_and_unrated_nodules():

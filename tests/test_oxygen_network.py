@@ -122,3 +122,37 @@ def test_parameter_groups_cover_every_weight_once_with_their_learning_rates():
     opt.step()
     assert (net.wide.weight.detach() - before_wide).abs().max().item() == pytest.approx(1e-2, rel=1e-3)
     assert (net.head.weight.detach() - before_head).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_ehr_omitted_is_the_all_missing_vector_of_the_feature_spec():
+    # MONAI's verify_net_in_out / ckpt_export call forward(image): that must mean "no EHR value at all", the
+    # vector the bundle's EHR transform makes of an empty row (imputed defaults, every indicator 1)
+    from pathlib import Path
+
+    from common.transforms.ehr import EHRVectord, FeatureSpec
+
+    spec = FeatureSpec.from_yaml(Path(__file__).resolve().parents[1] / "bundles/cxr_ehr_oxygen_risk/configs/ehr_features.yaml")
+    empty_row = EHRVectord(keys="ehr", spec=spec)({"ehr": {}})["ehr"]
+    assert torch.equal(torch.from_numpy(spec.all_missing_vector()), empty_row)
+    assert empty_row[len(spec) :].eq(1).all() and not empty_row[: len(spec)].eq(0).all()  # defaults, normalised
+
+    torch.manual_seed(0)
+    net = OxygenRiskNet(len(spec), image_channels=(8, 8, 16, 16), missing_ehr=spec.all_missing_vector()).eval()
+    image, ehr = _inputs(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(net(image), net(image, empty_row.expand(3, -1)))
+        assert not torch.allclose(net(image), net(image, ehr))  # a measured EHR still counts
+        scripted = torch.jit.script(net)  # ckpt_export scripts it; both call forms survive
+        assert torch.allclose(scripted(image), net(image), atol=1e-6)
+        assert torch.allclose(scripted(image, ehr), net(image, ehr), atol=1e-6)
+    # the vector comes from the spec, not the checkpoint: state dicts stay as they were
+    assert "missing_ehr" not in net.state_dict()
+    OxygenRiskNet(len(spec), image_channels=(8, 8, 16, 16)).load_state_dict(net.state_dict())
+
+
+def test_ehr_omitted_without_missing_vector_is_a_clear_error():
+    net = OxygenRiskNet(N_FEATURES, image_channels=(8, 8, 16, 16)).eval()
+    with pytest.raises(ValueError, match="missing_ehr"):
+        net(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="40"):
+        OxygenRiskNet(N_FEATURES, missing_ehr=[0.0] * 20)

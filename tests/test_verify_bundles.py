@@ -228,3 +228,18 @@ def test_shipped_weights_need_large_files_yml(bundle):
     _ship_weights(bundle)
     (bundle / "large_files.yml").unlink()
     _one(verify_bundle(bundle, check_network=False), "large_files.yml", "missing")
+
+
+def test_pred_for_monai_tools_is_checked_on_network_def_packed(tmp_path):
+    # the detector's network_def returns 9 maps (ONNX outputs); `pred`, what MONAI's verify_net_in_out reads,
+    # comes from network_def_packed, and a wrong description of it or a missing id is reported
+    from common.bundle_verify import check_network_io
+
+    source = REPO / "bundles" / "lung_nodule_ct_detection"
+    bundle = Path(shutil.copytree(source, tmp_path / "det", ignore=shutil.ignore_patterns("models", "eval", "runs")))
+    assert check_network_io(bundle) == []
+    _edit_json(bundle / "configs" / "metadata.json", lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=11))
+    _one(check_network_io(bundle), "'pred'", "expected 11 channels")
+    _edit_json(bundle / "configs" / "metadata.json", lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=12))
+    _edit_yaml(bundle / "configs" / "inference.yaml", lambda c: c.pop("network_def_packed"))
+    _one(check_network_io(bundle), "'pred'", "not returned", "network_def_packed")

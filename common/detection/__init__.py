@@ -2,7 +2,8 @@
 ``lung_nodule_ct_detection`` bundle's configs call around it.
 
 - ``network``: ``build_nodule_retinanet`` (narrow ResNet-FPN RetinaNet + malignancy head), ``FlatHeadOutputs``
-  (ONNX export wrapper) and ``HeadOutputsDict`` (ONNX session -> RetinaNet's dict).
+  (ONNX export wrapper), ``HeadOutputsDict`` (ONNX session -> RetinaNet's dict) and ``PackedHeadOutputs``
+  (one output tensor, for MONAI's ``verify_net_in_out`` and ``ckpt_export``).
 - ``detector``: ``NoduleDetector`` (MONAI ``RetinaNetDetector`` + malignancy loss and probabilities).
 - ``losses``: ``PositiveNormalizedFocalLoss`` (RetinaNet's focal loss over all anchors / positives).
 - ``transforms``: ``CropToLungsd``, ``DatalistBoxesd``, ``DetectionsToWorldd``.
@@ -16,7 +17,14 @@ from common.detection.engines import DetectionEvaluator, DetectionLoss, Detectio
 from common.detection.evaluation import DetectionReport, NoduleCPM
 from common.detection.inference import DetectionWriter, list_inputs
 from common.detection.losses import PositiveNormalizedFocalLoss
-from common.detection.network import FlatHeadOutputs, HeadOutputsDict, NoduleRetinaNet, build_nodule_retinanet
+from common.detection.network import (
+    FlatHeadOutputs,
+    HeadOutputsDict,
+    NoduleRetinaNet,
+    PackedHeadOutputs,
+    build_nodule_retinanet,
+    pack_head_maps,
+)
 from common.detection.transforms import CropToLungsd, DatalistBoxesd, DetectionsToWorldd
 from common.detection.tta import FLIP_VIEWS, flip_views, fuse_view_detections
 
@@ -37,7 +45,9 @@ __all__ = [
     "FlatHeadOutputs",
     "HeadOutputsDict",
     "NoduleRetinaNet",
+    "PackedHeadOutputs",
     "build_nodule_retinanet",
+    "pack_head_maps",
     "CropToLungsd",
     "DatalistBoxesd",
     "DetectionsToWorldd",

@@ -14,12 +14,19 @@ Its ``forward`` returns MONAI's dictionary of lists (``{"classification": [...],
 "malignancy": [...]}``, one tensor per pyramid level) so ``RetinaNetDetector``'s decoding, matching and
 losses apply unchanged; ``NoduleDetector`` (in ``common.detection.detector``) adds the malignancy loss
 and keeps the malignancy probabilities of the boxes that survive NMS.
+
+Wrappers give other consumers the tensors they take: ``FlatHeadOutputs`` a flat tuple (ONNX export),
+``HeadOutputsDict`` the dict back from that tuple (ONNX Runtime inference), ``PackedHeadOutputs`` one tensor
+``(B, num_classes + 6 + 5, anchors)`` for MONAI's bundle tools, which expect a network with one output
+(``verify_net_in_out`` checks its dim 1 against ``network_data_format``'s ``pred``, ``ckpt_export`` writes
+it to TorchScript).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.apps.detection.networks.retinanet_network import (
@@ -35,6 +42,8 @@ __all__ = [
     "NoduleRetinaNet",
     "FlatHeadOutputs",
     "HeadOutputsDict",
+    "PackedHeadOutputs",
+    "pack_head_maps",
     "build_nodule_retinanet",
     "MALIGNANCY_KEY",
     "NUM_MALIGNANCY_CLASSES",
@@ -142,7 +151,7 @@ class NoduleRetinaNet(RetinaNet):
         features = self.feature_extractor(images)
         if isinstance(features, Tensor):
             feature_maps = [features]
-        elif isinstance(features, dict):
+        elif torch.jit.isinstance(features, dict[str, Tensor]):  # TorchScript (ckpt_export) knows no `dict` here
             feature_maps = list(features.values())
         else:
             feature_maps = list(features)
@@ -261,3 +270,71 @@ class HeadOutputsDict(nn.Module):
             raise ValueError(f"expected a multiple of {len(self.keys)} outputs, got {len(flat)}")
         levels = len(flat) // len(self.keys)
         return {k: list(flat[i * levels : (i + 1) * levels]) for i, k in enumerate(self.keys)}
+
+
+def pack_head_maps(heads: list[list[Tensor]], num_anchors: int) -> Tensor:
+    """Pack per-level head maps into one tensor ``(B, sum of per-anchor channels, anchors)``.
+
+    Each head's map of level ``l`` is ``(B, A * C_h, *spatial_l)`` with the ``C_h`` channels of anchor ``a``
+    at ``a * C_h ... (a + 1) * C_h - 1`` (MONAI's layout). The packed tensor has, along dim 1, the ``C_h``
+    channels of every head in ``heads`` order and, along dim 2, every anchor of every level: levels
+    highest resolution first, then the voxels in C order, then the ``A`` anchors of a voxel. That is the
+    order of MONAI's ``AnchorGenerator`` and of ``RetinaNetDetector``'s flattened head outputs, so the
+    anchors and ``BoxCoder`` decode ``pred[:, box channels, :]`` directly.
+
+    Args:
+        heads: per head, its maps per pyramid level (every head with the same levels).
+        num_anchors: ``A``, anchors per voxel.
+
+    Returns:
+        ``(B, sum_h C_h, sum_l A * prod(spatial_l))``.
+    """
+    levels: list[Tensor] = []
+    for level in range(len(heads[0])):
+        per_head: list[Tensor] = []
+        for maps in heads:
+            m = maps[level]
+            # (B, A * C, *spatial) -> (B, A, C, *spatial) -> (B, C, *spatial, A) -> (B, C, voxels * A)
+            m = m.reshape([m.shape[0], num_anchors, -1] + list(m.shape[2:]))
+            m = m.movedim(1, -1)
+            per_head.append(m.reshape(m.shape[0], m.shape[1], -1))
+        levels.append(torch.cat(per_head, dim=1))
+    return torch.cat(levels, dim=2)
+
+
+class PackedHeadOutputs(nn.Module):
+    """Wrap a ``NoduleRetinaNet`` so it returns its head maps as one tensor (see ``pack_head_maps``).
+
+    For MONAI's bundle tools, which take a network with one output tensor: ``verify_net_in_out`` checks its
+    channels against ``network_data_format#outputs#pred`` and ``ckpt_export`` scripts it into ``model.ts``.
+    ``ckpt_export`` loads ``model.pt`` into the module it exports, strictly and by key, so this wrapper
+    reads and writes the wrapped network's own state-dict keys (no ``network.`` prefix): the bundle's
+    checkpoint loads into it as into ``network_def``.
+
+    Args:
+        network: a ``NoduleRetinaNet`` (returning the dict of per-level classification, box-regression and
+            malignancy maps).
+
+    Returns (``forward``):
+        ``(B, num_classes + 6 + num_malignancy_classes, anchors)``: per anchor, the classification logits,
+        the encoded box offsets (MONAI's ``BoxCoder``: dx, dy, dz, dw, dh, dd) and the malignancy logits.
+    """
+
+    def __init__(self, network: NoduleRetinaNet) -> None:
+        super().__init__()
+        self.network = network
+        self.num_anchors = int(network.num_anchors)
+        # attributes, not module globals: TorchScript compiles forward
+        self.keys = [network.cls_key, network.box_reg_key, network.malignancy_key]
+
+    def forward(self, images: Tensor) -> Tensor:
+        out = self.network(images)
+        return pack_head_maps([out[k] for k in self.keys], self.num_anchors)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The wrapped network's state dict (its own keys, as in ``model.pt``)."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a ``network_def`` state dict (e.g. ``model.pt``) into the wrapped network."""
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -22,9 +22,16 @@ when ``mode`` excludes the branch (``"image"``: image only, ``"ehr"``: EHR only)
 is empty (an all-zero image; an EHR vector whose indicators say every feature is missing), or, during
 training, at random with probability ``modality_dropout`` (per sample, never both branches at once), so one
 model serves sites that lack one of the two inputs.
+
+``forward(image)`` without ``ehr`` means "no EHR value at all": the network then uses ``missing_ehr``, the
+vector the bundle's EHR transform produces when every value is missing (``FeatureSpec.all_missing_vector()``:
+imputed defaults, then every indicator 1). So MONAI's bundle tools, which call a network with one image
+tensor (``verify_net_in_out``, ``ckpt_export``), run it as the bundle's inference would for such an encounter.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -109,9 +116,13 @@ class OxygenRiskNet(nn.Module):
         modality_dropout: probability, per training sample, of hiding one branch.
         ehr_clip: normalised EHR values are clipped to [-ehr_clip, ehr_clip] (a CRP of 700 mg/L is 8 standard
             deviations out; the cross layers multiply features, so one extreme lab would dominate).
+        missing_ehr: the ``2F`` vector of an encounter without any EHR value, used when ``forward`` gets no
+            ``ehr``: ``FeatureSpec.all_missing_vector()`` of the bundle's feature spec (what ``EHRVectord``
+            makes of an empty row). Not part of the state dict; None: ``ehr`` is required.
 
     Inputs:
-        image: ``(B, in_channels, H, W)`` in [0, 1]; ehr: ``(B, 2F)``.
+        image: ``(B, in_channels, H, W)`` in [0, 1]; ehr: ``(B, 2F)``, or None for "every EHR value
+        missing" (needs ``missing_ehr``).
 
     Returns:
         ``(B, 2 * n_levels)`` cumulative logits (24 h levels, then 72 h levels).
@@ -132,12 +143,25 @@ class OxygenRiskNet(nn.Module):
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
         ehr_clip: float = 5.0,
+        missing_ehr: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.n_ehr_features = int(n_ehr_features)
+        if missing_ehr is not None and len(missing_ehr) != 2 * self.n_ehr_features:
+            raise ValueError(
+                f"missing_ehr has {len(missing_ehr)} values; the EHR vector of {self.n_ehr_features} features has "
+                f"{2 * self.n_ehr_features} (values, then missing indicators)"
+            )
+        # not persistent: it comes from the feature spec, so checkpoints stay as they were and a re-estimated
+        # spec takes effect without touching the weights; empty when not given (TorchScript needs a tensor)
+        self.register_buffer(
+            "missing_ehr",
+            torch.tensor([] if missing_ehr is None else [float(v) for v in missing_ehr], dtype=torch.float32),
+            persistent=False,
+        )
         self.n_levels = int(n_levels)
         self.modality_dropout = float(modality_dropout)
         self.ehr_clip = float(ehr_clip)
@@ -179,7 +203,13 @@ class OxygenRiskNet(nn.Module):
             ehr_ok = ehr_ok * ~(drop & ~which)
         return img_ok, ehr_ok
 
-    def forward(self, image: torch.Tensor, ehr: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, ehr: torch.Tensor | None = None) -> torch.Tensor:
+        if ehr is None:
+            if self.missing_ehr.numel() == 0:
+                raise ValueError(
+                    "forward(image) without ehr needs the network's missing_ehr (FeatureSpec.all_missing_vector())"
+                )
+            ehr = self.missing_ehr.to(image.dtype).unsqueeze(0).expand(image.shape[0], -1)
         img_ok, ehr_ok = self.availability(image, ehr)
         img_emb = self.image_encoder(image) * img_ok
         n = self.n_ehr_features

@@ -173,6 +173,14 @@ class FeatureSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"features": [asdict(f) for f in self.features]}
 
+    def all_missing_vector(self) -> np.ndarray:
+        """The vector of an encounter without any EHR value: what :class:`EHRVectord` makes of an empty row.
+
+        Returns:
+            float32 ``(2n,)``: every feature's ``default``, normalised, then ``n`` missing indicators of 1.
+        """
+        return self.vectorise({})[0]
+
     def vectorise(self, values: Mapping[str, Any] | Sequence[Any]) -> tuple[np.ndarray, list[str]]:
         """Raw values -> (float32 vector [normalised..., indicators...], names of imputed features)."""
         if isinstance(values, Mapping):
