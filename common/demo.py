@@ -1,7 +1,7 @@
-"""The `make demo` driver: for every bundle, synthetic data -> brief training -> evaluation -> ONNX export
+"""The `make demo-train` driver: for every bundle, synthetic data -> brief training -> evaluation -> ONNX export
 with the parity check -> ONNX Runtime inference, each step a subprocess running the bundle's own configs.
 
-    python scripts/demo.py --out demo_output [--bundles lung_ct_segmentation,...] [--force]
+    python scripts/demo.py --train --out demo_output/train [--bundles lung_ct_segmentation,...] [--force]
 
 Everything is written under the output folder (data, checkpoints, reports, logs); nothing under
 ``bundles/*/models`` is touched. A step whose outputs exist and whose command has not changed is reused
@@ -102,13 +102,11 @@ class BundleDemo:
 
 # ---------------------------------------------------------------------------------------------------------
 # THE demo-scale settings: those of each model card's synthetic acceptance run (data config + seed, training
-# overrides), so a demo run reproduces the cards' figures. Measured 2026-11-22 (detection bundle 0.3.0), a
+# overrides), so a `make demo-train` run reproduces the cards' synthetic figures. Measured 2026-11-22 (detection bundle 0.3.0), a
 # fresh run of all five, one thread per step, the other core busy with tests and benchmarks: 1809 s wall
 # clock; per bundle wall (CPU) seconds, data included: seg 111 (110), det 1456 (1438: 9000 training
 # iterations, 1300 s), oct 93 (115), cxr 83 (96) + 5 for the shipped weights, o2 66 (66). About 30 minutes.
 # ---------------------------------------------------------------------------------------------------------
-NODULE_DEMO_RECIPE: dict[str, Any] = yaml.safe_load(
-    (REPO / "bundles" / "lung_nodule_ct_detection" / "docs" / "synthetic_demo_train.yaml").read_text())
 DEMOS: dict[str, BundleDemo] = {
     "lung_ct_segmentation": BundleDemo(
         bundle="lung_ct_segmentation",
@@ -129,10 +127,9 @@ DEMOS: dict[str, BundleDemo] = {
         synthetic="bundles/lung_nodule_ct_detection/docs/synthetic_demo.yaml",
         seed=1,
         datalist_layout="luna16",
-        # the model card's recipe file, passed as overrides; inference must use the same geometry
-        train=NODULE_DEMO_RECIPE,
+        # train.yaml's and inference.yaml's defaults are the shipped recipe (2.5 mm, as the synthetic scans)
+        train={},
         evaluate={"eval_split": "test"},
-        inference={k: NODULE_DEMO_RECIPE[k] for k in ("spacing", "base_anchor_shapes")},
         metric=Metric("CPM, nodules >= 6 mm (test)", "metrics.json", "cpm_6mm", 0.8, ">= 0.8 (aim)"),
         heldout="datalist.json",  # its validation scans (inference prefers testing, then validation lists)
         inference_outputs=("*_nodules.json",),
@@ -150,7 +147,7 @@ DEMOS: dict[str, BundleDemo] = {
         heldout="OCT2017/test",
         inference_outputs=("predictions.csv",),
         onnx_id="onnx_model",
-        checkpoint_id="checkpoint",
+        checkpoint_id="ckpt_path",
         explain=("OCT2017/test/DRUSEN", "OCT2017/test/CNV"),
         pngs=("eval/*.png", "explain/explain/*.png"),
     ),
@@ -164,7 +161,7 @@ DEMOS: dict[str, BundleDemo] = {
         heldout="chest_xray/test",
         inference_outputs=("predictions.csv",),
         onnx_id="onnx_model",
-        checkpoint_id="checkpoint",
+        checkpoint_id="ckpt_path",
         explain=("chest_xray/test/PNEUMONIA",),
         pngs=("eval/*.png", "explain/explain/*.png"),
     ),
@@ -693,10 +690,13 @@ def bundle_rows(demo: BundleDemo, out: Path, results: Sequence[StepResult]) -> l
     return rows
 
 
-def render_table(rows: Sequence[Row]) -> str:
-    """The summary as a markdown table."""
-    lines = ["| bundle | metric | value (synthetic) | target | ONNX parity (max abs err / check) | seconds (CPU s) | status |",
-             "|---|---|---|---|---|---:|---|"]
+TABLE_COLUMNS = ("bundle", "metric", "value (synthetic)", "target", "ONNX parity (max abs err / check)",
+                 "seconds (CPU s)", "status")
+
+
+def render_table(rows: Sequence[Row], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """The summary as a markdown table; ``columns`` names the seven columns of ``Row``'s fields."""
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|---|---|---|---:|---|"]
     for r in rows:
         secs = f"{r.seconds:.0f} ({r.cpu_seconds:.0f})" + (" cached" if r.cached else "")
         status = r.status.replace("|", "/").replace("\n", " ")

@@ -75,6 +75,10 @@ def test_splits_from_dataset_yaml(luna_root, tmp_path):
     content = json.loads(Path(prepare(root, tmp_path / "dl.json")).read_text())
     assert [e["seriesuid"] for e in content["test"]] == [uids[3]]
     assert len(content["training"]) == 2 and len(content["validation"]) == 1
+    # inference pointed at that datalist runs on its test scans
+    from common.detection.inference import list_inputs
+
+    assert [Path(e["image"]).name for e in list_inputs(tmp_path / "dl.json")] == [f"{uids[3]}.mhd"]
 
 
 def test_missing_column_and_bad_value_name_the_csv(tmp_path):

@@ -6,7 +6,7 @@ One synthetic chest CT of 512 x 512 x ~300 voxels (0.6-0.8 mm pixels, 1 mm slice
 ``common.synthetic.ct_phantom``) is written as MHD/RAW; the bundle's ``inference.yaml`` (and
 ``inference.yaml`` + ``inference_onnx.yaml``) runs on it in a fresh process each, so that the peak
 resident memory (``ru_maxrss``) belongs to that run alone. "End to end" is the engine run: reading the
-MHD, orientation, lung crop, resampling to 1.5 mm, network, decoding and NMS, world coordinates, JSON.
+MHD, orientation, lung crop, resampling to the bundle's ``spacing`` (2.5 mm), network, decoding and NMS, world coordinates, JSON.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def run(
         },
         "weights": weights,
         "threads": threads,
-        "end_to_end": "read MHD, RAS, lung crop, 1.5 mm resampling, network on the scan and its 7 mirror images "
+        "end_to_end": "read MHD, RAS, lung crop, 2.5 mm resampling, network on the scan and its 7 mirror images "
         "(one_view: the scan alone), decoding + NMS + fusion, world boxes, JSON",
         **figures,
         "targets": {"seconds_per_scan": 120, "peak_rss_mb": 4096},

@@ -66,8 +66,9 @@ def list_inputs(path: str | os.PathLike) -> list[dict[str, str]]:
 
     Accepted: one volume file (NIfTI, MHD, a single DICOM file); a DICOM series folder; a folder of volumes
     and/or DICOM series folders (searched recursively, lung-mask folders skipped); a datalist JSON (a list,
-    or a dict whose ``testing``, ``validation`` or ``training`` lists are used, in that order of preference,
-    with relative paths resolved against the JSON's folder).
+    or a dict whose ``testing`` (or ``test``, as ``scripts/prepare_datalist.py luna16`` writes it), ``validation``
+    or ``training`` lists are used, in that order of preference, with relative paths resolved against the
+    JSON's folder).
 
     Raises:
         InputDataError: nothing usable at ``path``.
@@ -81,12 +82,12 @@ def list_inputs(path: str | os.PathLike) -> list[dict[str, str]]:
         except ValueError as err:
             raise InputDataError(path, f"not valid JSON ({err})") from None
         if isinstance(content, dict):
-            for key in ("testing", "validation", "training"):
+            for key in ("testing", "test", "validation", "training"):
                 if content.get(key):
                     content = content[key]
                     break
         if not isinstance(content, list) or not content:
-            raise InputDataError(path, "no list of images (testing/validation/training) in this datalist")
+            raise InputDataError(path, "no list of images (testing/test/validation/training) in this datalist")
         items = [{"image": c} if isinstance(c, str) else dict(c) for c in content]
         for item in items:
             image = Path(item["image"])
