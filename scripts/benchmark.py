@@ -1,14 +1,14 @@
 """Speed and memory figures of the zoo on this machine, gathered into one JSON and a markdown table.
 
     python scripts/benchmark.py [TARGET ...] [--out docs/benchmarks.json] [--markdown docs/benchmarks.md]
-                                [--data_root demo_output/data] [--training true] [--train_iterations 8]
+                                [--data_root demo_output/train/data] [--training true] [--train_iterations 8]
 
 Targets (default: all): synthetic_ct, synthetic_xray, lung_ct_segmentation, lung_nodule_ct_detection,
 retina_oct_classification, pediatric_cxr_pneumonia_classification, cxr_ehr_oxygen_risk.
 Each target is a function returning a dict of figures (inference latency and throughput, PyTorch vs ONNX
 Runtime, peak memory); failures are recorded, not fatal. For every bundle the training speed of its own
 train.yaml pipeline (data loading, augmentation, forward, backward, step) is measured too, in a child
-process, on the synthetic set `make demo` wrote under --data_root (generated there with the demo's
+process, on the synthetic set `make demo-train` wrote under --data_root (generated there with the demo's
 settings when missing). Targets not run keep their figures from the previous JSON.
 """
 
@@ -134,7 +134,7 @@ def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: 
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             figures = json.loads(line[len("RESULT "):])
-            figures["data"] = f"make demo's synthetic {demo.task} set" + (f" (generated in {generated_s} s)" if generated_s else "")
+            figures["data"] = f"make demo-train's synthetic {demo.task} set" + (f" (generated in {generated_s} s)" if generated_s else "")
             return figures
     raise RuntimeError(f"training benchmark of {bundle} failed:\n{proc.stderr[-3000:]}")
 
@@ -236,7 +236,7 @@ def _markdown(report: dict) -> str:
         "",
         "Inference latency: CT bundles end to end per scan (read, preprocess, network, post-process, write); the "
         "2D bundles per network call. Training: the bundle's own `train.yaml` pipeline (data loading, "
-        "augmentation, forward, backward, optimiser step) on the synthetic set of `make demo`. Peak memory: "
+        "augmentation, forward, backward, optimiser step) on the synthetic set of `make demo-train`. Peak memory: "
         "resident set size of the process (MiB).",
         "",
         "| bundle | latency PyTorch | latency ONNX Runtime | throughput PyTorch | throughput ONNX Runtime "
@@ -274,7 +274,7 @@ def main(
     *targets: str,
     out: str = "docs/benchmarks.json",
     markdown: str = "docs/benchmarks.md",
-    data_root: str = "demo_output/data",
+    data_root: str = "demo_output/train/data",
     training: bool = True,
     train_iterations: int = 8,
     threads: int = 1,

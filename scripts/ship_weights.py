@@ -22,7 +22,6 @@ by hand from the same facts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -35,14 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MAX_BYTES = 25 * 1024 * 1024  # MONAI model-zoo's limit for a file in the repository
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def large_files_yaml(digest: str, path: str = "models/model.pt") -> str:
@@ -76,7 +67,7 @@ def ship_weights(
     import torch
     from monai.bundle import ConfigParser
 
-    from common.bundle_utils import read_state_dict
+    from common.bundle_utils import read_state_dict, sha256_file
 
     bundle = Path(bundle)
     state = read_state_dict(checkpoint)
@@ -100,7 +91,7 @@ def ship_weights(
         tmp.unlink()
         raise SystemExit(f"{checkpoint}: {size / 2**20:.1f} MB as stored, over model-zoo's 25 MB limit")
     os.replace(tmp, target)
-    digest, size = _sha256(target), target.stat().st_size
+    digest, size = sha256_file(target), target.stat().st_size
     meta_file = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
     weights = {**meta.get("weights", {}), **(provenance or {})}
