@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from common import demo as d
 from common import shipped_demo as s
 
