@@ -235,6 +235,35 @@ def _evaluate(data: Path, datalist: Path, work: Path, checkpoint: Path, n_boot: 
             for r in rows]
 
 
+def _resample_patients(statistic, patients: Sequence[str], n_boot: int, seed: int) -> dict[str, dict[str, float]]:
+    """Percentile 95% CIs of ``statistic(scan indices) -> {figure: value}``, resampling whole patients.
+
+    Args:
+        statistic: figures of a set of scans, given by their indices (repeats allowed).
+        patients: patient of each scan.
+        n_boot: resamples.
+        seed: random seed.
+
+    Returns:
+        ``{figure: {"value", "ci_low", "ci_high", "n_patients"}}`` (value: on all scans once).
+    """
+    ids = sorted(set(patients))
+    index = {p: np.flatnonzero(np.asarray(patients) == p) for p in ids}
+    point = statistic(np.arange(len(patients)))
+    rng = np.random.default_rng(seed)
+    stats: dict[str, list[float]] = defaultdict(list)
+    for _ in range(n_boot):
+        idx = np.concatenate([index[ids[k]] for k in rng.integers(0, len(ids), len(ids))])
+        for k, v in statistic(idx).items():
+            if np.isfinite(v):
+                stats[k].append(v)
+    out = {}
+    for k, v in point.items():
+        low, high = np.percentile(stats[k], [2.5, 97.5]) if stats[k] else (float("nan"), float("nan"))
+        out[k] = {"value": float(v), "ci_low": float(low), "ci_high": float(high), "n_patients": len(ids)}
+    return out
+
+
 def patient_bootstrap(probs: np.ndarray, labels: np.ndarray, patients: Sequence[str], n_boot: int = 2000,
                       seed: int = 0) -> dict[str, dict[str, float]]:
     """Percentile 95% CIs of the headline figures, resampling **patients** (all their scans together).
@@ -254,8 +283,6 @@ def patient_bootstrap(probs: np.ndarray, labels: np.ndarray, patients: Sequence[
     from common.metrics.kermany import weighted_error
 
     probs, labels = np.asarray(probs, float), np.asarray(labels, int)
-    ids = sorted(set(patients))
-    index = {p: np.flatnonzero(np.asarray(patients) == p) for p in ids}
 
     def figures(idx: np.ndarray) -> dict[str, float]:
         y, p = labels[idx], probs[idx]
@@ -266,19 +293,7 @@ def patient_bootstrap(probs: np.ndarray, labels: np.ndarray, patients: Sequence[
                 "urgent_sensitivity": sens, "urgent_specificity": spec,
                 "kermany_weighted_error": weighted_error(y, p.argmax(1))}
 
-    point = figures(np.arange(len(labels)))
-    rng = np.random.default_rng(seed)
-    stats: dict[str, list[float]] = defaultdict(list)
-    for _ in range(n_boot):
-        idx = np.concatenate([index[ids[k]] for k in rng.integers(0, len(ids), len(ids))])
-        for k, v in figures(idx).items():
-            if np.isfinite(v):
-                stats[k].append(v)
-    out = {}
-    for k, v in point.items():
-        low, high = np.percentile(stats[k], [2.5, 97.5]) if stats[k] else (float("nan"), float("nan"))
-        out[k] = {"value": float(v), "ci_low": float(low), "ci_high": float(high), "n_patients": len(ids)}
-    return out
+    return _resample_patients(figures, patients, n_boot, seed)
 
 
 def pooled_report(rows: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:
@@ -440,9 +455,6 @@ def paired_difference(baseline: str | os.PathLike, other: str | os.PathLike, n_b
     files_b, probs_b, labels_b, _ = _pooled_arrays(other)
     if files_a != files_b or not np.array_equal(labels, labels_b):
         raise SystemExit(f"{baseline} and {other} did not score the same scans")
-    ids = sorted(set(patients))
-    index = {p: np.flatnonzero(np.asarray(patients) == p) for p in ids}
-
     def figures(idx: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         y, p = labels[idx], probs[idx]
         urgent = np.isin(y, (0, 1)).astype(int)
@@ -454,16 +466,8 @@ def paired_difference(baseline: str | os.PathLike, other: str | os.PathLike, n_b
         a, b = figures(idx, probs_a), figures(idx, probs_b)
         return {k: b[k] - a[k] for k in a}
 
-    point = diff(np.arange(len(labels)))
-    rng = np.random.default_rng(seed)
-    stats: dict[str, list[float]] = defaultdict(list)
-    for _ in range(n_boot):
-        idx = np.concatenate([index[ids[k]] for k in rng.integers(0, len(ids), len(ids))])
-        for k, v in diff(idx).items():
-            if np.isfinite(v):
-                stats[k].append(v)
-    return {k: {"value": float(v), "ci_low": float(np.percentile(stats[k], 2.5)),
-                "ci_high": float(np.percentile(stats[k], 97.5))} for k, v in point.items()}
+    return {k: {key: v[key] for key in ("value", "ci_low", "ci_high")}
+            for k, v in _resample_patients(diff, patients, n_boot, seed).items()}
 
 
 def compare(*outs: str, labels: str | Sequence[str] = "", n_boot: int = 2000) -> str:

@@ -53,3 +53,25 @@ def test_weights_load_safely_and_strictly_into_the_inference_network(bundle):
     network = parser.get_parsed_content("network_def")
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+@pytest.mark.parametrize("initial", [False, True], ids=["from_scratch", "fine_tuning_from_shipped"])
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_training_refuses_to_write_over_the_shipped_weights(bundle, initial, tmp_path):
+    """The reported accident: --initial_ckpt models/model.pt with checkpoints into models/ replaced the file."""
+    from monai.bundle import ConfigWorkflow
+
+    root = REPO / "bundles" / bundle
+    weights = root / "models" / "model.pt"
+    before = sha256_file(weights)
+    overrides = {"initial_ckpt": str(weights)} if initial else {}
+    workflow = ConfigWorkflow(config_file=str(root / "configs" / "train.yaml"), workflow_type="train",
+                              bundle_root=str(root), dataset_dir=str(tmp_path), ckpt_dir=str(root / "models"),
+                              output_dir=str(tmp_path / "eval"), **overrides)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    causes = [info.value]
+    while causes[-1].__cause__ is not None:  # MONAI wraps the config expression's error
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(e, ValueError) and "shipped weights" in str(e) for e in causes), causes
+    assert sha256_file(weights) == before
