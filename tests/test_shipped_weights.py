@@ -75,3 +75,38 @@ def test_training_refuses_to_write_over_the_shipped_weights(bundle, initial, tmp
         causes.append(causes[-1].__cause__)
     assert any(isinstance(e, ValueError) and "shipped weights" in str(e) for e in causes), causes
     assert sha256_file(weights) == before
+
+
+def _small_input(bundle: str, folder: Path) -> dict[str, str]:
+    """A few synthetic inputs for ``bundle``'s inference.yaml; returns the overrides that point at them."""
+    if bundle == "pediatric_cxr_pneumonia_classification":
+        from common.synthetic.cxr import generate_pneumonia_cxr
+
+        generate_pneumonia_cxr(folder, {"image_size": 128, "write_masks": False,
+                                        "splits": {"test": {"NORMAL": 2, "BACTERIAL": 2, "VIRAL": 2}}}, seed=0)
+        return {"dataset_dir": str(folder / "chest_xray" / "test")}
+    from common.synthetic.ehr_cohort import generate_oxygen_risk
+
+    generate_oxygen_risk(folder, {"n_per_site": 4, "image_size": 64, "progress": False, "render": {"pool_size": 1}},
+                         seed=0)
+    return {"dataset_dir": str(folder)}
+
+
+@pytest.mark.parametrize("bundle", ["pediatric_cxr_pneumonia_classification", "cxr_ehr_oxygen_risk"])
+def test_inference_runs_the_shipped_weights_with_no_override(bundle, tmp_path):
+    """What a user runs first on a fresh clone (the CT bundles and OCT have their own, richer tests)."""
+    import csv
+
+    import bundle_runner
+
+    root = REPO / "bundles" / bundle
+    overrides = _small_input(bundle, tmp_path / "data")
+    bundle_runner.run_workflow(root, ["inference.yaml"], "infer", output_dir=str(tmp_path / "out"), **overrides)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 6
+    columns = [c for c in rows[0] if c.startswith("p_")]
+    assert columns
+    for row in rows:
+        values = [float(row[c]) for c in columns]
+        assert all(0.0 <= v <= 1.0 for v in values), row
