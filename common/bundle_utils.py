@@ -150,6 +150,32 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_misfit(state: Mapping[str, torch.Tensor], network: torch.nn.Module) -> str:
+    """What keeps ``network.load_state_dict(state)`` (strict) from working, in words; "" when it fits.
+
+    Args:
+        state: a state dict.
+        network: the network it is meant for.
+
+    Returns:
+        e.g. ``"3 of its 26 tensors missing, 0 of another shape, 1 unexpected (e.g. head.weight: shape
+        (5, 64), the network's (3, 64))"``, or "".
+    """
+    own = _unwrap(network).state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    unexpected = [k for k in state if k not in own]
+    if not (missing or wrong or unexpected):
+        return ""
+    example = (wrong or missing or unexpected)[0]
+    if wrong:
+        detail = f"shape {tuple(state[example].shape)}, the network's {tuple(own[example].shape)}"
+    else:
+        detail = "missing" if missing else "not in the network"
+    return (f"{len(missing)} of its {len(own)} tensors missing, {len(wrong)} of another shape, {len(unexpected)} "
+            f"unexpected (e.g. {example}: {detail})")
+
+
 def checked_weights(
     path: str | os.PathLike,
     network: torch.nn.Module | None = None,
@@ -160,13 +186,14 @@ def checked_weights(
 
     Used as ``CheckpointLoader``'s ``load_path`` (``$common.bundle_utils.checked_weights(@ckpt_path,
     @network_def, @bundle_root)``), so a problem is reported before any data is read, in one line
-    (``WeightsUnavailable``) that names the file and the command that trains or restores it:
+    (``WeightsUnavailable``) that names the file and the command that restores, points at or trains it:
 
     * the file does not exist;
     * it is the bundle's shipped ``models/model.pt`` and its sha256 differs from the one ``metadata.json``
       records (a Git LFS pointer, a truncated copy, or weights written over it);
     * it cannot be read with ``torch.load(weights_only=True)``;
-    * its tensors do not fit ``network`` by name and shape (made for another network or other settings).
+    * its tensors do not load into ``network`` the way ``CheckpointLoader`` loads them: the file itself, or
+      its ``"model"`` entry, as a strict state dict (names and shapes, nothing missing, nothing extra).
 
     Args:
         path: the checkpoint file.
@@ -194,6 +221,8 @@ def checked_weights(
         shipped_sha = (json.loads(meta_file.read_text()).get("weights") or {}).get("sha256")
         if shipped_sha:
             remedy = f"restore the shipped weights with `git checkout -- {shipped}` (sha256 in {meta_file}), or {remedy}"
+    elif shipped.is_file():
+        remedy = f"score the shipped weights with --ckpt_path {shipped}, or {remedy}"
     remedy = remedy[0].upper() + remedy[1:]
     if not path.is_file():
         raise WeightsUnavailable(path, "weights file not found", remedy)
@@ -201,21 +230,19 @@ def checked_weights(
         raise WeightsUnavailable(path, f"sha256 differs from the {shipped_sha[:12]}... that metadata.json records "
                                        "(damaged, a Git LFS pointer, or other weights copied over it)", remedy)
     try:
-        state = read_state_dict(path)
-    except InputDataError as e:
-        raise WeightsUnavailable(path, e.problem, remedy) from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, non-weights objects refused by weights_only
+        raise WeightsUnavailable(path, f"cannot be read as PyTorch weights ({type(e).__name__})", remedy) from None
+    # as MONAI's CheckpointLoader (ignite) loads into {"model": network}: the "model" entry, else the whole file
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(path, "holds no state dict (tensors by name)", remedy)
     if network is not None:
-        own = _unwrap(network).state_dict()
-        missing = [k for k in own if k not in state]
-        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or wrong:
-            example = (wrong or missing)[0]
-            detail = (f"shape {tuple(state[example].shape)}, the network's {tuple(own[example].shape)}" if wrong
-                      else "missing")
+        misfit = weights_misfit(state, network)
+        if misfit:
             raise WeightsUnavailable(
-                path,
-                f"does not fit this network ({len(missing)} of its {len(own)} tensors missing, {len(wrong)} of "
-                f"another shape, e.g. {example}: {detail}): weights of another bundle or of other network settings",
+                path, f"does not fit this network ({misfit}): weights of another bundle or of other network settings",
                 remedy,
             )
     return str(path)

@@ -131,7 +131,7 @@ DEMOS: dict[str, BundleDemo] = {
         train={},
         evaluate={"eval_split": "test"},
         metric=Metric("CPM, nodules >= 6 mm (test)", "metrics.json", "cpm_6mm", 0.8, ">= 0.8 (aim)"),
-        heldout="datalist.json",  # its validation scans (inference prefers testing, then validation lists)
+        heldout="datalist.json",  # its test scans (inference prefers the testing/test list, then validation)
         inference_outputs=("*_nodules.json",),
         onnx_id="onnx_path",
         checkpoint_id="ckpt_path",
@@ -295,7 +295,7 @@ def run_bundle(
         elif step.skip_reason:
             result = StepResult(step.name, "skipped", 0.0, step.skip_reason)
         else:
-            previous = _read_json(stamp)
+            previous = read_json(stamp)
             if (not upstream_ran and previous and previous.get("argv") == step.argv
                     and previous.get("fingerprint", "") == step.fingerprint and _outputs_exist(step.outputs)):
                 result = StepResult(step.name, "cached", float(previous.get("seconds", 0.0)),
@@ -364,7 +364,7 @@ def _last_error_line(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -381,14 +381,14 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _bundle_run(config_files: Sequence[str], bundle: str, overrides: dict[str, Any], python: str) -> list[str]:
+def bundle_run_argv(config_files: Sequence[str], bundle: str, overrides: dict[str, Any], python: str) -> list[str]:
     files = [f"bundles/{bundle}/configs/{f}" for f in config_files]
     config = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
     return [python, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", f"bundles/{bundle}",
             *_overrides(overrides)]
 
 
-def _copy_some(sources: Sequence[Path], dest: Path) -> None:
+def copy_some(sources: Sequence[Path], dest: Path) -> None:
     """Copy ``sources`` into ``dest`` (made afresh), keeping the class folder name of each file."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -398,7 +398,7 @@ def _copy_some(sources: Sequence[Path], dest: Path) -> None:
         shutil.copy2(src, target)
 
 
-def _first_files(folder: Path, n: int) -> list[Path]:
+def first_files(folder: Path, n: int) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png"})[:n]
 
 
@@ -416,7 +416,7 @@ def split_csv(csv_path: Path, split: str) -> Path:
     return target
 
 
-def _configs_signature(folder: Path) -> str:
+def configs_signature(folder: Path) -> str:
     """A hash of the content of every file in a bundle's configs folder."""
     digest = hashlib.sha256()
     for path in sorted(Path(folder).glob("*")):
@@ -425,7 +425,7 @@ def _configs_signature(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _file_signature(path: Path, content: bool = False) -> str:
+def file_signature(path: Path, content: bool = False) -> str:
     """Size and modification time of ``path`` (or a hash of its content), "absent" when there is none."""
     try:
         if content:
@@ -469,7 +469,7 @@ def bundle_steps(
     if isinstance(demo.synthetic, str):
         gen_config = REPO / demo.synthetic
         write_gen_config = None
-        gen_fingerprint = _file_signature(gen_config, content=True)
+        gen_fingerprint = file_signature(gen_config, content=True)
     else:
         def write_gen_config() -> None:
             gen_config.parent.mkdir(parents=True, exist_ok=True)
@@ -491,10 +491,10 @@ def bundle_steps(
                           [paths["datalist"]]))
     steps += [
         Step(b, "train",
-             _bundle_run(["train.yaml"], b, {**paths, "output_dir": str(work / "train"), **demo.train}, python),
+             bundle_run_argv(["train.yaml"], b, {**paths, "output_dir": str(work / "train"), **demo.train}, python),
              [str(models / "model.pt")], clean=[str(models), str(work / "train")]),
         Step(b, "evaluate",
-             _bundle_run(["train.yaml", "evaluate.yaml"], b,
+             bundle_run_argv(["train.yaml", "evaluate.yaml"], b,
                          {**paths, "output_dir": str(work / "eval"), **demo.train, **demo.evaluate}, python),
              [str(work / "eval" / demo.metric.report)], clean=[str(work / "eval")]),
         Step(b, "export",
@@ -502,7 +502,7 @@ def bundle_steps(
               "--output", str(models / "model.onnx"), "--report", str(work / "export_report.json")],
              [str(models / "model.onnx"), str(work / "export_report.json")]),
         Step(b, "onnx_inference",
-             _bundle_run(["inference.yaml", "inference_onnx.yaml"], b,
+             bundle_run_argv(["inference.yaml", "inference_onnx.yaml"], b,
                          {"dataset_dir": str(data / demo.heldout), "output_dir": str(work / "onnx_inference"),
                           demo.onnx_id: str(models / "model.onnx"), **heldout_csv, **demo.inference}, python),
              [str(work / "onnx_inference" / p) for p in demo.inference_outputs],
@@ -510,18 +510,18 @@ def bundle_steps(
              clean=[str(work / "onnx_inference")]),
     ]
     # the bundle's configs are inputs of every step after the data: an edited config reruns them
-    configs = _configs_signature(REPO / "bundles" / b / "configs")
+    configs = configs_signature(REPO / "bundles" / b / "configs")
     for step in steps[1:]:
         step.fingerprint = configs
     if demo.explain:
         explain_inputs = work / "explain_inputs"
         steps.append(Step(
             b, "explain",
-            _bundle_run(["inference.yaml", "explain.yaml"], b,
+            bundle_run_argv(["inference.yaml", "explain.yaml"], b,
                         {"dataset_dir": str(explain_inputs), "output_dir": str(work / "explain"),
                          demo.checkpoint_id: str(models / "model.pt"), **demo.inference}, python),
             [str(work / "explain" / "explain" / "*.png")],
-            prepare=lambda: _copy_some([f for d in demo.explain for f in _first_files(data / d, EXPLAIN_PER_FOLDER)],
+            prepare=lambda: copy_some([f for d in demo.explain for f in first_files(data / d, EXPLAIN_PER_FOLDER)],
                                        explain_inputs),
             optional=True,
             clean=[str(work / "explain")],
@@ -532,12 +532,12 @@ def bundle_steps(
         shipped = REPO / "bundles" / b / "models" / "model.pt"
         steps.append(Step(
             b, "real_weights",
-            _bundle_run(["train.yaml", "evaluate.yaml"], b,
+            bundle_run_argv(["train.yaml", "evaluate.yaml"], b,
                         {**paths, "output_dir": str(work / "real_weights"), "ckpt_path": str(shipped)}, python),
             [str(work / "real_weights" / "metrics.json")],
             optional=True,
             skip_reason="" if shipped.is_file() else f"no shipped weights at bundles/{b}/models/model.pt",
-            fingerprint=f"weights={_file_signature(shipped)} configs={configs}",
+            fingerprint=f"weights={file_signature(shipped)} configs={configs}",
             clean=[str(work / "real_weights")],
         ))
     if b == PNEUMONIA:
@@ -546,20 +546,20 @@ def bundle_steps(
         real_inputs = work / "real_weights_inputs"
 
         def copy_inputs() -> None:
-            sources = real_cxr_sample(Path(real_cxr_dir)) if real else _first_files(data / demo.heldout, 10**6)
-            _copy_some(sources, real_inputs)
+            sources = real_cxr_sample(Path(real_cxr_dir)) if real else first_files(data / demo.heldout, 10**6)
+            copy_some(sources, real_inputs)
             (work / "real_weights_source.txt").write_text("real" if real else "synthetic")
 
         steps.append(Step(
             b, "real_weights",
-            _bundle_run(["inference.yaml"], b,
+            bundle_run_argv(["inference.yaml"], b,
                         {"dataset_dir": str(real_inputs), "output_dir": str(work / "real_weights"),
                          demo.checkpoint_id: str(shipped), **demo.inference}, python),
             [str(work / "real_weights" / "predictions.csv")],
             prepare=copy_inputs,
             optional=True,
             skip_reason="" if shipped.is_file() else f"no shipped weights at bundles/{b}/models/model.pt",
-            fingerprint=f"inputs={'real' if real else 'synthetic'} weights={_file_signature(shipped)} configs={configs}",
+            fingerprint=f"inputs={'real' if real else 'synthetic'} weights={file_signature(shipped)} configs={configs}",
             clean=[str(work / "real_weights")],
         ))
     return steps
@@ -649,13 +649,13 @@ def bundle_rows(demo: BundleDemo, out: Path, results: Sequence[StepResult]) -> l
     minimum, target = metric_target(demo, out)
     value, status = "-", "ok"
     try:
-        figure = lookup(_read_json(work / "eval" / demo.metric.report) or {}, demo.metric.key)
+        figure = lookup(read_json(work / "eval" / demo.metric.report) or {}, demo.metric.key)
         value = f"{figure:.3f}"
         if minimum is not None and not figure >= minimum:
             status = "below target"
     except (KeyError, TypeError, ValueError):
         pass
-    export = _read_json(work / "export_report.json")
+    export = read_json(work / "export_report.json")
     parity = f"{export['max_abs_err']:.1e} / {'passed' if export['passed'] else 'FAILED'}" if export else "-"
     failed = [r for r in results if r.status == "failed"]
     required_failed = [r for r in failed if r.name not in ("explain", "real_weights")]
@@ -666,7 +666,7 @@ def bundle_rows(demo: BundleDemo, out: Path, results: Sequence[StepResult]) -> l
     rows = [Row(demo.bundle, demo.metric.label, value, target, parity, seconds, status, cached, cpu_seconds)]
     real = next((r for r in results if r.name == "real_weights"), None)
     if real is not None and demo.bundle == LUNG_SEG:
-        report = _read_json(work / "real_weights" / "metrics.json")
+        report = read_json(work / "real_weights" / "metrics.json")
         if real.status in ("ran", "cached") and report:
             rows.append(Row(f"{demo.bundle} (shipped real-data weights)",
                             f"mean Dice, both lungs, {report.get('n_cases', '?')} synthetic test phantoms",
@@ -704,8 +704,9 @@ def render_table(rows: Sequence[Row], columns: Sequence[str] = TABLE_COLUMNS) ->
     return "\n".join(lines) + "\n"
 
 
-def collect_pngs(demo: BundleDemo, out: Path, dest: Path) -> list[Path]:
-    """Copy a bundle's report figures to ``dest`` as ``<bundle>__<name>.png``."""
+def collect_pngs(demo: BundleDemo | Any, out: Path, dest: Path) -> list[Path]:
+    """Copy a bundle's report figures to ``dest`` as ``<bundle>__<name>.png`` (``demo``: a ``BundleDemo`` or
+    ``common.shipped_demo.ShippedDemo``; only its ``bundle`` and ``pngs`` are read)."""
     copied = []
     for pattern in demo.pngs:
         for png in sorted((out / demo.bundle).glob(pattern)):

@@ -28,7 +28,9 @@ class WeightsUnavailable(SystemExit):
     A ``SystemExit`` on purpose: raised while ``python -m monai.bundle run`` parses a config, it passes
     through MONAI's and ignite's ``except Exception`` wrappers, so the user sees one line (which file,
     what is wrong, the command that makes or restores it) and exit status 1 instead of a long traceback
-    whose cause is buried in the middle.
+    whose cause is buried in the middle. Code that runs bundle configs in its own process (a notebook,
+    ``ConfigWorkflow``, an NVFlare client, a MONAI Deploy operator) and must survive bad weights catches
+    it by name (``except WeightsUnavailable``): ``except Exception`` does not.
 
     Args:
         path: the weights file.

@@ -42,14 +42,14 @@ from common.demo import (
     Row,
     Step,
     StepResult,
-    _bundle_run,
-    _configs_signature,
-    _copy_some,
-    _file_signature,
-    _first_files,
-    _read_json,
+    bundle_run_argv,
+    configs_signature,
+    copy_some,
+    file_signature,
+    first_files,
     lookup,
     prediction_accuracy,
+    read_json,
     real_cxr_sample,
     render_table,
     split_csv,
@@ -177,7 +177,7 @@ def shipped_weights(bundle: str) -> Path:
 
 def weights_source(bundle: str) -> str:
     """What the shipped weights were trained on, in a few words (from ``metadata.json``'s ``weights``)."""
-    meta = _read_json(REPO / "bundles" / bundle / "configs" / "metadata.json") or {}
+    meta = read_json(REPO / "bundles" / bundle / "configs" / "metadata.json") or {}
     weights = meta.get("weights") or {}
     return str(weights.get("trained_on") or weights.get("data", "-"))[:80]
 
@@ -254,13 +254,13 @@ def shipped_steps(
     onnx = work / "models" / "model.onnx"
     steps += [
         Step(b, "evaluate",
-             _bundle_run(["train.yaml", "evaluate.yaml"], b,
+             bundle_run_argv(["train.yaml", "evaluate.yaml"], b,
                          {**paths, "ckpt_path": str(weights), "ckpt_dir": str(work / "models"),
                           "log_dir": str(work / "logs"), "output_dir": str(work / "eval"), **demo.evaluate}, python),
              [str(work / "eval" / demo.metric.report)], clean=[str(work / "eval")]),
         # no checkpoint override: the shipped weights, as a user on a fresh clone runs it
         Step(b, "inference",
-             _bundle_run(["inference.yaml"], b, {**inputs, "output_dir": str(work / "inference"), **demo.inference},
+             bundle_run_argv(["inference.yaml"], b, {**inputs, "output_dir": str(work / "inference"), **demo.inference},
                          python),
              [str(work / "inference" / p) for p in demo.inference_outputs],
              prepare=prepare_inputs, clean=[str(work / "inference")]),
@@ -269,7 +269,7 @@ def shipped_steps(
               "--output", str(onnx), "--report", str(work / "export_report.json")],
              [str(onnx), str(work / "export_report.json")]),
         Step(b, "onnx_inference",
-             _bundle_run(["inference.yaml", "inference_onnx.yaml"], b,
+             bundle_run_argv(["inference.yaml", "inference_onnx.yaml"], b,
                          {**inputs, "output_dir": str(work / "onnx_inference"), DEMOS[b].onnx_id: str(onnx),
                           **demo.inference}, python),
              [str(work / "onnx_inference" / p) for p in demo.inference_outputs],
@@ -279,24 +279,24 @@ def shipped_steps(
         explain_inputs = work / "explain_inputs"
         steps.append(Step(
             b, "explain",
-            _bundle_run(["inference.yaml", "explain.yaml"], b,
+            bundle_run_argv(["inference.yaml", "explain.yaml"], b,
                         {"dataset_dir": str(explain_inputs), "output_dir": str(work / "explain"), **demo.inference},
                         python),
             [str(work / "explain" / "explain" / "*.png")],
-            prepare=lambda: _copy_some([_first_files(data / d, 1)[0] for d in demo.explain], explain_inputs),
+            prepare=lambda: copy_some([first_files(data / d, 1)[0] for d in demo.explain], explain_inputs),
             optional=True, clean=[str(work / "explain")]))
     cxr = package_cxr()
     if b in (PNEUMONIA, OXYGEN):
         folder = work / "package_cxr_input"
         if b == PNEUMONIA:
             overrides = {"dataset_dir": str(folder)}
-            prepare = (lambda: _copy_some([cxr], folder)) if cxr else None
+            prepare = (lambda: copy_some([cxr], folder)) if cxr else None
         else:
             overrides = {"dataset_dir": str(folder), "csv_name": "encounters.csv"}
             prepare = (lambda: write_oxygen_csv(cxr, folder)) if cxr else None
         steps.append(Step(
             b, "package_cxr",
-            _bundle_run(["inference.yaml"], b, {**overrides, "output_dir": str(work / "package_cxr")}, python),
+            bundle_run_argv(["inference.yaml"], b, {**overrides, "output_dir": str(work / "package_cxr")}, python),
             [str(work / "package_cxr" / "predictions.csv")], prepare=prepare, optional=True,
             skip_reason="" if cxr else "pydicom-data is not installed", clean=[str(work / "package_cxr")]))
     if b == PNEUMONIA:
@@ -304,14 +304,14 @@ def shipped_steps(
         real_inputs = work / "real_films_input"
         steps.append(Step(
             b, "real_films",
-            _bundle_run(["inference.yaml"], b, {"dataset_dir": str(real_inputs), "output_dir": str(work / "real_films")},
+            bundle_run_argv(["inference.yaml"], b, {"dataset_dir": str(real_inputs), "output_dir": str(work / "real_films")},
                         python),
             [str(work / "real_films" / "predictions.csv")],
-            prepare=(lambda: _copy_some(real_cxr_sample(Path(real_cxr_dir)), real_inputs)) if real else None,
+            prepare=(lambda: copy_some(real_cxr_sample(Path(real_cxr_dir)), real_inputs)) if real else None,
             optional=True, skip_reason="" if real else f"no real ChestXRay2017 folder at {real_cxr_dir}",
             clean=[str(work / "real_films")]))
     # the bundle's configs and weights are inputs of every step after the data: a change reruns them
-    signature = f"configs={_configs_signature(REPO / 'bundles' / b / 'configs')} weights={_file_signature(weights)}"
+    signature = f"configs={configs_signature(REPO / 'bundles' / b / 'configs')} weights={file_signature(weights)}"
     for step in steps[1:]:
         step.fingerprint = signature
     if not weights.is_file():
@@ -340,10 +340,10 @@ def shipped_rows(demo: ShippedDemo, out: Path, results: Sequence[StepResult]) ->
     by_name = {r.name: r for r in results}
     value, status = "-", "ok"
     try:
-        value = f"{lookup(_read_json(work / 'eval' / demo.metric.report) or {}, demo.metric.key):.3f}"
+        value = f"{lookup(read_json(work / 'eval' / demo.metric.report) or {}, demo.metric.key):.3f}"
     except (KeyError, TypeError, ValueError):
         pass
-    export = _read_json(work / "export_report.json")
+    export = read_json(work / "export_report.json")
     parity = f"{export['max_abs_err']:.1e} / {'passed' if export['passed'] else 'FAILED'}" if export else "-"
     optional = ("explain", "package_cxr", "real_films")
     failed = [r for r in results if r.status == "failed"]

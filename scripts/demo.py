@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main(
-    out: str = "demo_output",
+    out: str | None = None,
     bundles: str | tuple | list | None = None,
     force: bool = False,
     real_data: str | None = None,
@@ -41,7 +41,8 @@ def main(
     """Run the demo and print the summary table; exits with status 1 when a bundle failed.
 
     Args:
-        out: output folder (data, reports, logs, summary.md).
+        out: output folder (data, reports, logs, summary.md); default ``demo_output``, with ``--train``
+            ``demo_output/train`` (the two demos never share step records or files).
         bundles: comma-separated bundle names (default: all five).
         force: redo every step even when its outputs exist.
         real_data: real ChestXRay2017 training folder for the pneumonia weights (default
@@ -67,7 +68,7 @@ def main(
     unknown = [n for n in names if n not in table]
     if unknown:
         raise SystemExit(f"unknown bundle(s) {unknown}; choose from {', '.join(table)}")
-    out_dir = Path(out).resolve()
+    out_dir = Path(out or ("demo_output/train" if train else "demo_output")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     real_dir = Path(real_data) if real_data else (REPO / demo.REAL_CXR_DIR)
     env = dict(os.environ)

@@ -55,7 +55,10 @@ def ship_weights(
     Args:
         bundle: the bundle folder.
         checkpoint: the trained weights (a state dict, or a container such as ``{"model": state_dict}``).
-        provenance: further entries of ``metadata.json``'s ``weights`` (data, command, commit, time, machine).
+        provenance: entries of ``metadata.json``'s ``weights`` (trained_on, data, command, commit,
+            training_time, hardware, ...). They replace the previous file's record, which is kept only when
+            the stored file is byte-identical to it; ``tests/test_shipped_weights.py`` fails on a record
+            without them.
         float16: store floating-point tensors as float16 (inference casts them back to the network's dtype).
 
     Returns:
@@ -67,19 +70,21 @@ def ship_weights(
     import torch
     from monai.bundle import ConfigParser
 
-    from common.bundle_utils import read_state_dict, sha256_file
+    from common.bundle_utils import read_state_dict, sha256_file, weights_misfit
+    from common.io.atomic import atomic_write_text
 
     bundle = Path(bundle)
     state = read_state_dict(checkpoint)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     parser["bundle_root"] = str(bundle)
-    own = parser.get_parsed_content("network_def").state_dict()
-    misfit = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+    network = parser.get_parsed_content("network_def")
+    own = network.state_dict()
+    state = {k: v for k, v in state.items() if k in own}  # a trainer's extra entries are not weights
+    misfit = weights_misfit(state, network)
     if misfit:
-        raise SystemExit(f"{checkpoint}: does not fit the network of {bundle}/configs/inference.yaml "
-                         f"({len(misfit)} of {len(own)} tensors missing or of another shape, e.g. {misfit[0]})")
-    state = {k: state[k] for k in own}  # the network's tensors only, in its order
+        raise SystemExit(f"{checkpoint}: does not fit the network of {bundle}/configs/inference.yaml ({misfit})")
+    state = {k: state[k] for k in own}  # the network's order, as its state_dict writes it
     if float16:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     target = bundle / "models" / "model.pt"
@@ -90,17 +95,23 @@ def ship_weights(
         size = tmp.stat().st_size
         tmp.unlink()
         raise SystemExit(f"{checkpoint}: {size / 2**20:.1f} MB as stored, over model-zoo's 25 MB limit")
-    os.replace(tmp, target)
-    digest, size = sha256_file(target), target.stat().st_size
     meta_file = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
-    weights = {**meta.get("weights", {}), **(provenance or {})}
-    weights.update({"file": "models/model.pt", "sha256": digest, "size_bytes": size})
-    if float16:
-        weights.setdefault("format", "PyTorch state dict, float16 storage, torch.load(weights_only=True)")
+    digest, size = sha256_file(tmp), tmp.stat().st_size
+    previous = meta.get("weights") or {}
+    # the record describes this file: another file keeps nothing of the previous one's provenance
+    weights = dict(previous) if previous.get("sha256") == digest else {}
+    weights.update(provenance or {})
+    weights.update({
+        "file": "models/model.pt", "sha256": digest, "size_bytes": size,
+        "format": f"PyTorch state dict, {'float16' if float16 else 'float32'} storage, torch.load(weights_only=True)",
+    })
     meta["weights"] = weights
-    meta_file.write_text(json.dumps(meta, indent=4) + "\n")
-    (bundle / "large_files.yml").write_text(large_files_yaml(digest))
+    # the record first, then the file: a crash in between leaves the old file refused (its sha256 no longer
+    # matches), never new weights that pass as the old ones
+    atomic_write_text(meta_file, json.dumps(meta, indent=4) + "\n")
+    atomic_write_text(bundle / "large_files.yml", large_files_yaml(digest))
+    os.replace(tmp, target)
     return {"file": str(target), "sha256": digest, "size_bytes": size}
 
 

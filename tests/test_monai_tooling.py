@@ -133,19 +133,14 @@ def test_ckpt_export_matches_pytorch(bundle, tmp_path):
     models = REPO / root / "models"
     shipped = models / "model.pt"
     models_before = sorted(p.name for p in models.glob("*"))
-    if shipped.is_file():
-        ckpt = shipped
-    else:  # no weights shipped yet: a random network's float16 state dict, as the shipped ones are stored
-        torch.manual_seed(0)
-        state = build_network(bundle).state_dict()
-        ckpt = tmp_path / "model.pt"
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+    assert shipped.is_file(), f"{shipped}: every bundle ships weights"
+    ckpt = shipped
     ts_path = tmp_path / "model.ts"
 
     result = monai_bundle(
         "ckpt_export", net_id(bundle),
         "--filepath", str(ts_path),
-        "--ckpt_file", str(ckpt.relative_to(REPO) if ckpt == shipped else ckpt),
+        "--ckpt_file", str(ckpt.relative_to(REPO)),
         "--meta_file", str(root / "configs" / "metadata.json"),
         "--config_file", str(root / "configs" / "inference.yaml"),
         "--bundle_root", str(root),

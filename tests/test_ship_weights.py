@@ -66,3 +66,20 @@ def test_refuses_weights_of_another_network(bundle, tmp_path):
     with pytest.raises(SystemExit, match="does not fit the network"):
         _tool().ship_weights(bundle, checkpoint)
     assert not (bundle / "models" / "model.pt").exists()
+
+
+def test_other_weights_do_not_inherit_the_previous_record(bundle, tmp_path):
+    network = _network(bundle)
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    torch.save(network.state_dict(), first)
+    torch.manual_seed(1)
+    torch.save({k: torch.randn_like(v) if v.is_floating_point() else v for k, v in network.state_dict().items()}, second)
+    tool = _tool()
+    tool.ship_weights(bundle, first, {"data": "cohort A", "command": "train A"})
+    same = tool.ship_weights(bundle, first)  # the same bytes again: the record stays
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["weights"]
+    assert meta["data"] == "cohort A" and meta["sha256"] == same["sha256"]
+    other = tool.ship_weights(bundle, second, {"data": "cohort B"}, float16=False)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["weights"]
+    assert meta["sha256"] == other["sha256"] != same["sha256"]
+    assert meta["data"] == "cohort B" and "command" not in meta and "float32" in meta["format"]

@@ -66,6 +66,43 @@ def test_command_line_prints_one_line_and_exits_1(tmp_path):
     )
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.strip()]
-    assert errors[-1].startswith(f"error: {tmp_path / 'gone.pt'}: weights file not found. Train weights with")
+    assert errors[-1].startswith(f"error: {tmp_path / 'gone.pt'}: weights file not found. ")
+    assert "--ckpt_path" in errors[-1] and "train.yaml" in errors[-1]  # the shipped file, or how to train
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_inference_refuses_a_damaged_shipped_file(tmp_path):
+    """The shipped file replaced (an LFS pointer, a partial copy): its sha256 no longer matches metadata.json."""
+    import shutil
+
+    bundle = Path(shutil.copytree(REPO / "bundles" / "retina_oct_classification", tmp_path / "bundle",
+                                  ignore=shutil.ignore_patterns("runs", "eval", "logs")))
+    (bundle / "models" / "model.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["bundle_root"] = str(bundle)
+    with pytest.raises(WeightsUnavailable, match="sha256 differs") as info:
+        parser.get_parsed_content("handlers")
+    assert "git checkout --" in str(info.value)
+
+
+def test_weights_are_checked_as_the_checkpoint_loader_reads_them(tmp_path):
+    """CheckpointLoader takes the file, or its "model" entry, strictly: other containers, prefixes or extra
+    tensors would pass a lenient check and then fail deep inside ignite."""
+    from common.bundle_utils import checked_weights
+
+    parser = _parser("retina_oct_classification", ["inference.yaml"])
+    network = parser.get_parsed_content("network_def")
+    state = network.state_dict()
+    accepted = {"plain": state, "model_entry": {"model": state, "optimizer": {}}}
+    refused = {"state_dict_entry": {"state_dict": state}, "ddp_prefix": {f"module.{k}": v for k, v in state.items()},
+               "extra_tensor": {**state, "extra.weight": torch.zeros(1)}}
+    for name, obj in {**accepted, **refused}.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        if name in accepted:
+            assert checked_weights(path, network, tmp_path) == str(path)
+        else:
+            with pytest.raises(WeightsUnavailable):
+                checked_weights(path, network, tmp_path)

@@ -117,8 +117,9 @@ def run(
             ckpt = work / "random.pt"
             torch.save({"model": build_nodule_retinanet(num_anchors=2).state_dict()}, ckpt)
             weights = "random (no trained checkpoint)"
-        else:
-            weights = str(ckpt)
+        else:  # repository-relative where it can be, so the report names no machine's folders
+            path = Path(ckpt).resolve()
+            weights = str(path.relative_to(BUNDLE.parents[1])) if path.is_relative_to(BUNDLE.parents[1]) else str(path)
         onnx_path = work / "model.onnx"
         export_bundle(BUNDLE, checkpoint=ckpt, output=onnx_path)
         common = {"bundle_root": str(BUNDLE), "dataset_dir": str(work / "scan"), "ckpt_path": str(ckpt)}
