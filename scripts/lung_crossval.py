@@ -4,7 +4,7 @@
     python scripts/lung_crossval.py --data DIR --out OUT --folds A --max_epochs 20   # one fold, shorter
     python scripts/lung_crossval.py --data DIR --out OUT --folds "" --train_all      # only the shipped recipe on all cases
     python scripts/lung_crossval.py --data DIR --out OUT --eval_only                 # re-score the folds' checkpoints
-    python scripts/lung_crossval.py --data DIR --out OUT --folds "" --ship           # ship OUT/all's weights
+    python scripts/lung_crossval.py --data DIR --out OUT --folds "" --ship --provenance P.json  # ship OUT/all's weights
 
 For every fold of ``bundles/lung_ct_segmentation/docs/lctsc_folds.json`` it writes a datalist (training:
 the other folds; validation and testing: the fold), trains with the bundle's own ``configs/train.yaml``,
@@ -133,6 +133,7 @@ def main(
     train_all: bool = False,
     eval_only: bool = False,
     ship: bool = False,
+    provenance: str | None = None,
     **overrides,
 ) -> str:
     """Cross-validate (and optionally train the shipped recipe on every case).
@@ -144,6 +145,8 @@ def main(
         train_all: also train on every case (``OUT/all/models/model_final.pt``).
         eval_only: score the folds' existing ``model_final.pt`` again (after a change of the evaluation or
             post-processing) instead of training them.
+        provenance: with ``ship``, a JSON file of the weights' provenance for ``metadata.json`` (trained_on,
+            data, command, commit, training_time, hardware; ``scripts/ship_weights.py``).
         ship: store ``OUT/all/models/model_final.pt`` as the bundle's ``models/model.pt`` (float16) and
             record its sha256 in ``metadata.json`` and ``large_files.yml``.
         overrides: passed on to ``train.yaml`` (e.g. ``--max_epochs 20``).
@@ -184,7 +187,8 @@ def main(
     if ship:
         from ship_weights import ship_weights  # scripts/ship_weights.py, beside this file
 
-        results["shipped"] = ship_weights(BUNDLE, out_dir / "all" / "models" / "model_final.pt")
+        record = json.loads(Path(provenance).read_text()) if provenance else None
+        results["shipped"] = ship_weights(BUNDLE, out_dir / "all" / "models" / "model_final.pt", record)
         print(f"shipped {results['shipped']['file']} (sha256 {results['shipped']['sha256']})", flush=True)
     report_path.write_text(json.dumps(results, indent=1))
     if results["folds"]:
