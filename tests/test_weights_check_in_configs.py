@@ -106,3 +106,27 @@ def test_weights_are_checked_as_the_checkpoint_loader_reads_them(tmp_path):
         else:
             with pytest.raises(WeightsUnavailable):
                 checked_weights(path, network, tmp_path)
+
+
+@pytest.mark.parametrize("bundle", ["retina_oct_classification", "pediatric_cxr_pneumonia_classification"])
+def test_explain_config_checks_its_weights_in_a_fresh_interpreter(bundle, tmp_path):
+    """explain.yaml replaces inference.yaml's `imports`; a module it forgets to import shows only in a new
+    process (in this one, other tests have imported it already)."""
+    code = (
+        "import sys\n"
+        "from monai.bundle import ConfigParser\n"
+        "from common.errors import WeightsUnavailable\n"
+        f"root = {str(REPO / 'bundles' / bundle)!r}\n"
+        "p = ConfigParser()\n"
+        "p.read_config([root + '/configs/inference.yaml', root + '/configs/explain.yaml'])\n"
+        "p['bundle_root'] = root\n"
+        f"p['ckpt_path'] = {str(tmp_path / 'gone.pt')!r}\n"
+        "try:\n"
+        "    p.get_parsed_content('handlers')\n"
+        "except WeightsUnavailable:\n"
+        "    sys.exit(0)\n"
+        "sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
