@@ -2,7 +2,8 @@
 
 CT (:mod:`common.transforms.ct`, :mod:`common.transforms.body`): ``LoadCTd``, ``LoadLabelVolumed``,
 ``HUWindowd``, ``BodyMaskd``.
-Radiographs (:mod:`common.transforms.radiograph`): ``LoadRadiographd``, ``LetterboxResized``.
+Radiographs (:mod:`common.transforms.radiograph`): ``LoadRadiographd``, ``LetterboxResized``; acquisition shift
+(:mod:`common.transforms.acquisition`): ``RandJPEGd``, ``AcquisitionShiftd``.
 OCT (:mod:`common.transforms.oct`): ``LoadOCTd``, ``OCTNormalized``.
 EHR (:mod:`common.transforms.ehr`): ``FeatureSpec``, ``EHRVectord``, ``read_ehr_csv``.
 
@@ -10,6 +11,7 @@ Orientation and resampling use MONAI's own ``Orientationd(axcodes="RAS")`` and `
 Every loader raises :class:`common.errors.InputDataError` naming the file for input it cannot use.
 """
 
+from common.transforms.acquisition import SHIFTS, AcquisitionShiftd, RandJPEGd, acquisition_shift
 from common.transforms.body import BodyMaskd, body_mask
 from common.transforms.ct import (
     HUWindowd,
@@ -29,6 +31,10 @@ from common.transforms.radiograph import (
 )
 
 __all__ = [
+    "SHIFTS",
+    "AcquisitionShiftd",
+    "RandJPEGd",
+    "acquisition_shift",
     "BodyMaskd",
     "EHRVectord",
     "Feature",
