@@ -48,8 +48,8 @@ def trained(data, tmp_path_factory) -> Path:
 
 
 def test_train_saves_loadable_checkpoint_and_logs(trained):
-    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert state["fc.weight"].shape == (3, 128) and state["conv1.weight"].shape[1] == 1
+    state = torch.load(trained / "runs" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["fc.weight"].shape == (3, 256) and state["conv1.weight"].shape[1] == 1
     assert list((trained / "eval").glob("events.out.tfevents.*"))
 
 
@@ -65,6 +65,50 @@ def test_evaluate_writes_report_and_figures(trained, data):
     rows = _read_csv(trained / "eval" / "predictions.csv")
     accuracy = np.mean([r["label"] == r["call"] for r in rows])
     assert accuracy == pytest.approx(report["accuracy"]["value"])
+
+
+def test_shifted_validation_reports_every_condition_and_the_rule(trained, data, tmp_path):
+    from common.transforms import SHIFTS
+
+    out = tmp_path / "shifted"
+    _run(trained, ["train.yaml", "evaluate.yaml"], dataset_dir=str(data), n_boot=20, num_workers=0,
+         shifted_validation=True, output_dir=str(out))
+    report = json.loads((out / "shifted_validation.json").read_text())
+    main = json.loads((out / "report.json").read_text())
+    assert list(report["conditions"]) == list(SHIFTS) and report["n_images"] == main["n_images"] == 6
+    clean = report["conditions"]["clean"]
+    # the clean condition is the ordinary evaluation, image for image
+    assert clean["accuracy"] == pytest.approx(main["accuracy"]["value"])
+    assert clean["pneumonia_vs_normal"]["ece"] == pytest.approx(main["binary"]["pneumonia_vs_normal"]["ece"])
+    for condition in report["conditions"].values():
+        for figure in ("accuracy", "sensitivity", "specificity", "ece"):
+            assert 0.0 <= condition["pneumonia_vs_normal"][figure] <= 1.0
+    rule = report["recommended"]
+    assert rule["temperature"] > 0 and 0 < rule["pneumonia_vs_normal"]["threshold"] < 1
+    assert "Youden" in rule["pneumonia_vs_normal"]["rule"]
+    assert "| zoom_out | no |" in (out / "shifted_validation.md").read_text()
+    for name in ("reliability_pneumonia_vs_normal.png", "reliability_bacterial_vs_viral.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_decision_settings_are_the_same_in_inference_and_evaluation():
+    import yaml
+
+    inference = yaml.safe_load((BUNDLE / "configs" / "inference.yaml").read_text())
+    evaluate = yaml.safe_load((BUNDLE / "configs" / "evaluate.yaml").read_text())
+    for key in ("temperature", "pneumonia_threshold"):
+        assert inference[key] == evaluate[key], key
+
+
+def test_temperature_softens_the_probabilities_not_the_calls(trained, data, tmp_path):
+    images = data / "chest_xray" / "test"
+    for t in (1.0, 3.0):
+        _run(trained, ["inference.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / f"t{t}"), temperature=t)
+    sharp, soft = _read_csv(tmp_path / "t1.0" / "predictions.csv"), _read_csv(tmp_path / "t3.0" / "predictions.csv")
+    assert [r["call"] for r in sharp] == [r["call"] for r in soft]
+    top = [max(float(r[f"p_{c}"]) for c in ("NORMAL", "BACTERIAL", "VIRAL")) for r in sharp]
+    top_soft = [max(float(r[f"p_{c}"]) for c in ("NORMAL", "BACTERIAL", "VIRAL")) for r in soft]
+    assert all(b < a for a, b in zip(top, top_soft))
 
 
 def test_inference_csv_reports_and_skips_bad_files(trained, data, tmp_path):

@@ -5,9 +5,11 @@ Modules:
     tasks:     class names, decision rules (OCT referral, CXR pneumonia call) and binary questions.
     handlers:  ignite handlers: evaluation report writer, prediction CSV writer; loss class weights.
     report:    evaluation figures with bootstrap 95% CIs, ROC and confusion-matrix PNGs.
+    shift:     shifted validation (acquisition shifts), temperature scaling, the shipped-threshold rule.
     benchmark: PyTorch vs ONNX Runtime throughput and occlusion-map cost.
 """
 
+from common.classification import shift
 from common.classification.handlers import (
     ClassificationReportWriter,
     PredictionCSVWriter,
@@ -28,5 +30,6 @@ __all__ = [
     "oct_task",
     "pred_label",
     "prepare_network",
+    "shift",
     "trainable_parameters",
 ]

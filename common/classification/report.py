@@ -5,6 +5,8 @@
 * accuracy; per class sensitivity, specificity and one-vs-rest AUROC; the macro-average AUROC;
 * each binary question of the task (OCT: urgent referral; CXR: pneumonia vs normal, bacterial vs
   viral): AUROC, and accuracy, sensitivity and specificity at the question's threshold;
+* calibration: the expected calibration error (15 equal-width bins) of each binary question's score and
+  of the top-label confidence;
 * the confusion matrix (rows true, columns predicted);
 * OCT: Kermany's penalty-weighted error (``common.metrics.kermany``), with the penalty matrix used.
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from common.classification.tasks import ClassificationTask
 from common.io.atomic import atomic_path, atomic_write_json
+from common.metrics.calibration import expected_calibration_error
 from common.metrics.classification import (
     bootstrap_ci,
     confusion_matrix,
@@ -110,7 +113,11 @@ def evaluate_probabilities(
             "accuracy": ci(_accuracy, y, call),
             "sensitivity": ci(_sens, y, call),
             "specificity": ci(_spec, y, call),
+            "ece": expected_calibration_error(y, np.clip(score, 0.0, 1.0), 15),
         }
+    report["top_label_ece"] = expected_calibration_error(
+        pred == labels, np.clip(probs.max(axis=1), 0.0, 1.0), 15
+    )
     report["confusion_matrix"] = {
         "rows": "true class",
         "columns": "predicted class",
@@ -125,7 +132,12 @@ def evaluate_probabilities(
             "penalty_columns": "predicted class",
             "reference": "Kermany et al., Cell 2018; total penalty / number of images (see common.metrics.kermany)",
         }
-    report["bootstrap"] = {"n_boot": n_boot, "alpha": 0.05, "seed": seed, "method": "percentile, resampling images"}
+    report["bootstrap"] = {
+        "n_boot": n_boot,
+        "alpha": 0.05,
+        "seed": seed,
+        "method": "percentile, resampling images",
+    }
     return report
 
 
@@ -134,7 +146,9 @@ def _save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def plot_roc_curves(probs: np.ndarray, labels: np.ndarray, task: ClassificationTask, path: str | os.PathLike) -> Path:
+def plot_roc_curves(
+    probs: np.ndarray, labels: np.ndarray, task: ClassificationTask, path: str | os.PathLike
+) -> Path:
     """One-vs-rest ROC per class and ROC of each binary question, as one PNG."""
     import matplotlib
 
@@ -173,7 +187,9 @@ def plot_roc_curves(probs: np.ndarray, labels: np.ndarray, task: ClassificationT
     return Path(path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str] | tuple[str, ...], path: str | os.PathLike) -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: list[str] | tuple[str, ...], path: str | os.PathLike
+) -> Path:
     """Confusion matrix PNG (counts, rows true, columns predicted, shaded by row share)."""
     import matplotlib
 
@@ -215,7 +231,9 @@ def write_report(
     if extra:
         report.update(extra)
     plot_roc_curves(probs, labels, task, out / "roc_curves.png")
-    plot_confusion_matrix(np.array(report["confusion_matrix"]["matrix"]), task.class_names, out / "confusion_matrix.png")
+    plot_confusion_matrix(
+        np.array(report["confusion_matrix"]["matrix"]), task.class_names, out / "confusion_matrix.png"
+    )
     atomic_write_json(out / "report.json", report)
     acc = report["accuracy"]
     logger.info(

@@ -48,7 +48,8 @@ SHIFTS: dict[str, tuple[str, bool]] = {
     "noise": ("Gaussian noise, sigma 0.04 (quantum noise of a low-dose film)", True),
     "jpeg_q15": ("JPEG re-encoding at quality 15", True),
     "zoom_in": ("centre crop to 85% (tighter collimation)", True),
-    "zoom_out": ("shrunk to 85% inside a black border (wider field of view)", True),
+    # training zooms out too, but pads with the film's edge, never with a black frame
+    "zoom_out": ("shrunk to 85% inside a black border (wider field of view)", False),
     "rotate_10": ("rotated 10 degrees (patient positioning)", True),
 }
 
@@ -71,7 +72,9 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def _equalize(x: np.ndarray) -> np.ndarray:
-    values, inverse, counts = np.unique(np.round(x * 4095).astype(np.int32), return_inverse=True, return_counts=True)
+    values, inverse, counts = np.unique(
+        np.round(x * 4095).astype(np.int32), return_inverse=True, return_counts=True
+    )
     cdf = np.cumsum(counts).astype(np.float64)
     cdf = (cdf - cdf[0]) / max(cdf[-1] - cdf[0], 1.0)
     return cdf[inverse].reshape(x.shape)
@@ -148,7 +151,9 @@ def _apply_2d(img: Any, fn) -> Any:
     array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     out = np.stack([fn(channel) for channel in array]).astype(np.float32)
     if isinstance(img, MetaTensor):
-        return MetaTensor(torch.as_tensor(out, device=img.device), meta=img.meta, applied_operations=img.applied_operations)
+        return MetaTensor(
+            torch.as_tensor(out, device=img.device), meta=img.meta, applied_operations=img.applied_operations
+        )
     if isinstance(img, torch.Tensor):
         return torch.as_tensor(out, device=img.device)
     return out
