@@ -200,7 +200,7 @@ def test_finetune_two_classes_from_checkpoint_with_frozen_backbone(trained, data
          num_classes=2, freeze_backbone=True, max_epochs=1, ckpt_dir=str(tmp_path / "models"),
          output_dir=str(tmp_path / "eval"), num_workers=0, batch_size=6, learning_rate=0.05)
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert tuned["fc.weight"].shape == (2, 128)  # head of another class count, re-initialised
+    assert tuned["fc.weight"].shape == (2, 256)  # head of another class count, re-initialised
     for key in ("conv1.weight", "layer4.1.conv2.weight", "bn1.running_mean"):
         assert torch.equal(tuned[key], initial[key]), key  # backbone (and its BN statistics) frozen
 
