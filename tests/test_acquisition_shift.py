@@ -32,10 +32,17 @@ def test_each_shift_is_deterministic_in_range_and_keeps_the_shape(name):
 
 def test_shifts_do_what_their_names_say():
     film = _film()
-    assert acquisition_shift(film, "gamma_0.6").mean() > film.mean() > acquisition_shift(film, "gamma_1.6").mean()
+    assert (
+        acquisition_shift(film, "gamma_0.6").mean()
+        > film.mean()
+        > acquisition_shift(film, "gamma_1.6").mean()
+    )
     # blur lowers and unsharp masking raises the local contrast (the spread of a high-pass residual)
     detail = film - np.roll(film, 1, axis=1)
-    assert np.std(acquisition_shift(film, "blur") - np.roll(acquisition_shift(film, "blur"), 1, axis=1)) < detail.std()
+    assert (
+        np.std(acquisition_shift(film, "blur") - np.roll(acquisition_shift(film, "blur"), 1, axis=1))
+        < detail.std()
+    )
     sharp = acquisition_shift(film, "unsharp")
     assert np.std(sharp - np.roll(sharp, 1, axis=1)) > detail.std()
     # equalised grey values are close to uniform; the black frame of zoom_out is black

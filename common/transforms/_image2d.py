@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
 # ITU-R 601-2 luma, as PIL's convert("L"), computed in float so 16-bit colour keeps its precision.
 _LUMA = np.array([0.299, 0.587, 0.114])
+#: largest image accepted, checked from the header before any pixel is decoded: 179 million pixels (PIL's
+#: own decompression-bomb limit; a 13,000 x 13,000 film), at most 1 GiB once decoded
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+MAX_DECODED_BYTES = 1 << 30
+#: images whose longer side exceeds this are decoded (JPEG) or reduced (other formats) to at most this
+#: side before they become float arrays: no network here looks at more than 512 pixels, and a
+#: 12,000-pixel film as float64 would take over a gigabyte
+MAX_DECODED_SIDE = 4096
 
 
 def image_info(
@@ -51,16 +60,23 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later in a worker
-            mode = img.mode
+        with warnings.catch_warnings():
+            # PIL warns above half its limit and raises above it; the size check below says which file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_decoded_size(path, img.size, len(img.getbands()), _bytes_per_band(img.mode))
             fmt = str(img.format or "image").lower()
             n_frames = getattr(img, "n_frames", 1)
+            img = _decode_bounded(img)  # decode now: a truncated file fails here, not later in a worker
+            mode = img.mode
             if mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif mode in ("CMYK", "YCbCr", "HSV", "LAB", "PA", "La", "RGBa", "RGBX"):
                 img = img.convert("RGB")
             array = np.asarray(img)
+    except Image.DecompressionBombError as e:
+        raise InputDataError(path, f"refused before decoding: {e} (a decompression bomb, not a film)") from e
     except UnidentifiedImageError as e:
         raise InputDataError(
             path, f"not a readable image file (PNG/JPEG/TIFF/BMP expected for {what})"
@@ -90,6 +106,46 @@ def read_image_file(path: str | os.PathLike, what: str = "an image") -> tuple[np
         finite = array[np.isfinite(array)]
         grey = array if finite.size and finite.min() >= 0 and finite.max() <= 1 else _minmax(array, path)
     return _finish(np.asarray(grey, dtype=np.float64), path, what), info
+
+
+def _bytes_per_band(mode: str) -> int:
+    if mode in ("I", "F", "I;32", "RGBA;16"):
+        return 4
+    return 2 if "16" in mode else 1
+
+
+def _check_decoded_size(path: Path, size: tuple[int, int], bands: int, bytes_per_band: int) -> None:
+    """Refuse, from the header alone, an image too large to decode (a decompression bomb)."""
+    width, height = int(size[0]), int(size[1])
+    pixels, decoded = width * height, width * height * bands * bytes_per_band
+    if pixels > MAX_IMAGE_PIXELS or decoded > MAX_DECODED_BYTES:
+        raise InputDataError(
+            path,
+            f"refused before decoding: {width} x {height} pixels ({decoded / 2**30:.1f} GiB decoded) is over "
+            f"the limit of {MAX_IMAGE_PIXELS:,} pixels / {MAX_DECODED_BYTES / 2**30:.0f} GiB for one image",
+        )
+
+
+def _decode_bounded(img: Any) -> Any:
+    """Decode ``img`` with its longer side at most ``MAX_DECODED_SIDE``: JPEG decodes at 1/2..1/8 scale
+    directly (``draft``), other formats are reduced by an integer factor right after decoding."""
+    longer = max(img.size)
+    if longer <= MAX_DECODED_SIDE:
+        img.load()
+        return img
+    factor = -(-longer // MAX_DECODED_SIDE)  # ceil
+    if img.format == "JPEG":
+        img.draft(img.mode, (img.size[0] // factor, img.size[1] // factor))
+    img.load()
+    if max(img.size) > MAX_DECODED_SIDE:
+        if img.mode in ("P", "1"):  # reduce() averages values, which a palette index or a bit cannot be
+            img = (
+                img.convert("RGBA" if "transparency" in img.info else "RGB")
+                if img.mode == "P"
+                else img.convert("L")
+            )
+        img = img.reduce(-(-max(img.size) // MAX_DECODED_SIDE))
+    return img
 
 
 def _minmax(array: np.ndarray, path: Path) -> np.ndarray:
@@ -166,6 +222,10 @@ def _read_dicom_image(
     n_frames = _int(ds, "NumberOfFrames", 1)
     if n_frames > 1:
         raise InputDataError(path, f"a multi-frame DICOM ({n_frames} frames); {what} must be a single frame")
+    bytes_per_sample = -(-_int(ds, "BitsAllocated", 16) // 8)
+    _check_decoded_size(
+        path, (_int(ds, "Columns", 0), _int(ds, "Rows", 0)), _int(ds, "SamplesPerPixel", 1), bytes_per_sample
+    )
     try:
         pixels = ds.pixel_array
     except Exception as e:
