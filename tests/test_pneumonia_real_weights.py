@@ -7,7 +7,9 @@
   repository, or the folder named by ``CHESTXRAY2017_TRAIN224``; skipped otherwise): on 60 images of the bundle's own patient-level validation split
   (20 per class, a seeded class-stratified subset), preprocessed by the bundle's inference pipeline,
   pneumonia vs normal AUROC >= 0.90; and 15 of them given as "full-size" non-square files (1200 x 900,
-  the squash undone) get nearly the same pneumonia probability after the inference preprocessing.
+  the squash undone) get nearly the same pneumonia probability after the inference preprocessing; and at
+  the shipped temperature and threshold, at least 85% of the 20 normal films stay normal under a tighter
+  crop, an S-shaped tone curve and overexposure (the 0.2.0 weights kept 75%).
 """
 
 from __future__ import annotations
@@ -129,3 +131,28 @@ def test_fine_tuning_from_the_shipped_weights_leaves_them_byte_identical(tmp_pat
                       "--learning_rate", "0.0005", "--num_workers", "0")
     assert sha256_file(copy / "models" / "model.pt") == before == sha256_file(WEIGHTS)
     assert (copy / "runs" / "models" / "model.pt").is_file()
+
+
+@pytest.mark.skipif(
+    not REAL_DATA.is_dir(), reason=f"real ChestXRay2017 training split not present at {REAL_DATA}"
+)
+def test_shipped_settings_keep_normal_films_normal_under_acquisition_shift():
+    """0.2.0 called a third of the normal validation films pneumonia under a tighter crop (and of the normal
+    test films); the shipped weights at the shipped temperature and threshold keep at least 85% of the 20
+    normal films of the subset normal under each of the shifts that hurt 0.2.0 most, and the clean films'
+    pneumonia calls stay sensitive."""
+    from common.classification.shift import shifted_logits, softmax
+
+    parser = _parser("inference.yaml")
+    temperature, threshold = float(parser["temperature"]), float(parser["pneumonia_threshold"])
+    subset = _validation_subset()
+    network = _inference_network()
+    preprocessing = parser.get_parsed_content("preprocessing")
+    for shift in ("clean", "zoom_in", "s_curve", "overexposed"):
+        logits, labels = shifted_logits(network, preprocessing, subset, shift)
+        called = 1.0 - softmax(logits, temperature)[:, 0] >= threshold
+        specificity = float((~called[labels == 0]).mean())
+        sensitivity = float(called[labels > 0].mean())
+        assert specificity >= 0.85, f"{shift}: specificity {specificity:.2f} on 20 normal validation films"
+        if shift == "clean":
+            assert sensitivity >= 0.95, f"clean: sensitivity {sensitivity:.2f} on 40 pneumonia validation films"
