@@ -12,7 +12,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 DIGITAL_XRAY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
-def _base(sop_class: str, modality: str) -> Dataset:
+def base_dataset(sop_class: str, modality: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -56,7 +56,7 @@ def write_ct_series(
     stored = np.round((hu - intercept) / slope).astype(np.int16)
     files = []
     for k in range(hu.shape[2]):
-        ds = _base(CTImageStorage, modality)
+        ds = base_dataset(CTImageStorage, modality)
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
         ds.SeriesDescription = series_description
@@ -102,7 +102,7 @@ def write_radiograph(
     voi_lut: np.ndarray | None = None,
 ) -> Path:
     """Write a radiograph (``pixels`` rows x columns, unsigned) as a DICOM file."""
-    ds = _base(DIGITAL_XRAY_STORAGE, modality)
+    ds = base_dataset(DIGITAL_XRAY_STORAGE, modality)
     ds.SeriesInstanceUID = generate_uid()
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

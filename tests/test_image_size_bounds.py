@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_factory import DIGITAL_XRAY_STORAGE, base_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from common.errors import InputDataError
 from common.transforms import load_radiograph
@@ -48,14 +47,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_naming_the_file(tmp_pat
 
 def test_a_dicom_header_over_the_byte_limit_is_refused_before_its_pixels_are_read(tmp_path):
     # 12,000 x 12,000 (144 M pixels, under the pixel limit) with 3 samples of 32 bits: 1.6 GiB decoded
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    ds = base_dataset(DIGITAL_XRAY_STORAGE, "DX")
     ds.Rows, ds.Columns, ds.SamplesPerPixel = 12000, 12000, 3
     ds.PhotometricInterpretation = "RGB"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
