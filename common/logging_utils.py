@@ -49,6 +49,34 @@ PHI_KEYWORDS: tuple[str, ...] = (
     "MedicalRecordLocator",
 )
 
+# Free text and the names of staff and sites: descriptions and comments are typed by people and often carry
+# a name or a record number ("CHEST DOE^JOHN MRN12345"). Their values are remembered whole (person names
+# also by component) when a reader opens a file, and redacted wherever they appear in a later log line.
+FREE_TEXT_KEYWORDS: tuple[str, ...] = (
+    "SeriesDescription",
+    "StudyDescription",
+    "ImageComments",
+    "PatientComments",
+    "AdditionalPatientHistory",
+    "AdmittingDiagnosesDescription",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+    "ProtocolName",
+    "DerivationDescription",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "RequestingPhysician",
+    "PhysiciansOfRecord",
+)
+# Free-text values shorter than this are not remembered: a description "CHEST" would otherwise redact the
+# word wherever a log line uses it.
+MIN_FREE_TEXT_LENGTH = 6
 # The same elements as pydicom prints them (its element "name"), e.g. "(0010,0010) Patient's Name  PN: 'X'".
 _DICOM_NAMES: tuple[str, ...] = (
     "Patient's Name",
@@ -116,7 +144,8 @@ def _value_strings(value: Any) -> Iterator[str]:
 
 
 def identifier_values(obj: Any) -> set[str]:
-    """The patient-identifier values held by a pydicom ``Dataset`` or ``DataElement`` (sequences included)."""
+    """The patient-identifier and free-text values held by a pydicom ``Dataset`` or ``DataElement``
+    (sequences included; free text of at least ``MIN_FREE_TEXT_LENGTH`` characters)."""
     try:
         from pydicom.dataelem import DataElement
         from pydicom.dataset import Dataset
@@ -134,6 +163,13 @@ def identifier_values(obj: Any) -> set[str]:
     for elem in elements:
         if elem.keyword in PHI_KEYWORDS:
             values.update(_value_strings(elem.value))
+        elif elem.keyword in FREE_TEXT_KEYWORDS:
+            if elem.VR == "PN":  # staff names: whole and by component, as patient names
+                values.update(v for v in _value_strings(elem.value) if len(v) >= MIN_FREE_TEXT_LENGTH)
+            else:
+                text = str(elem.value).strip()
+                if len(text) >= MIN_FREE_TEXT_LENGTH:
+                    values.add(text)
     return values
 
 

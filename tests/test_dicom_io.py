@@ -121,8 +121,40 @@ def test_several_series_picks_most_slices_logs_without_identifiers(tmp_path, cap
         volume, _, meta = read_dicom_series(folder)
     np.testing.assert_array_equal(volume, hu)
     assert meta["series_description"] == "LUNG 1mm"
-    assert "LUNG 1mm" in caplog.text and "9 slices" in caplog.text and "SCOUT" in caplog.text
+    # series are named by number, modality and size: descriptions are free text and stay out of the log
+    assert "series 5 (CT, 9 slices)" in caplog.text and "series 1 (CT, 4 slices)" in caplog.text
+    assert "LUNG 1mm" not in caplog.text and "SCOUT" not in caplog.text
     assert "Doe" not in caplog.text and "SECRET" not in caplog.text
+
+
+def test_free_text_identifiers_never_reach_a_log(tmp_path, caplog):
+    """A name and a record number typed into descriptions, comments and staff names: the readers log no
+    free text, and a later log line that prints such a value (a user's handler, a future message) is
+    redacted, for a CT series and for a radiograph."""
+    from common.logging_utils import forget_identifiers
+    from common.transforms import load_radiograph
+
+    forget_identifiers()
+    leaks = ("CHEST DOE^JOHN MRN12345", "St Elsewhere General", "Dr^Strangelove", "MRN12345 follow-up")
+    files, _ = write_ct_series(tmp_path / "ct", _phantom((6, 6, 4)), series_description=leaks[0])
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.InstitutionName, ds.ReferringPhysicianName, ds.ImageComments = leaks[1], leaks[2], leaks[3]
+        ds.save_as(f)
+    film = write_radiograph(tmp_path / "cr.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8), modality="CR")
+    ds = pydicom.dcmread(film)
+    ds.SeriesDescription, ds.StudyDescription = "PA DOE^JANE 0042", "CHEST DOE^JANE 0042"
+    ds.save_as(film)
+    logger = logging.getLogger("common.io.dicom")
+    with caplog.at_level(logging.DEBUG):
+        read_dicom_series(tmp_path / "ct")
+        load_radiograph(str(film))
+        for value in (*leaks, "PA DOE^JANE 0042", "CHEST DOE^JANE 0042", "Strangelove"):
+            logger.warning("a handler that prints header text: %s", value)
+    text = caplog.text
+    for value in (*leaks, "DOE^JANE", "Strangelove", "MRN12345"):
+        assert value not in text, value
+    assert text.count("[REDACTED]") >= 7
 
 
 def test_unconvertible_header_values_are_tolerated_quietly(tmp_path, caplog):

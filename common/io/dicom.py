@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputDataError
+from common.logging_utils import remember_identifiers
 
 __all__ = [
     "RADIOGRAPH_MODALITIES",
@@ -108,9 +109,11 @@ def _read_header(path: Path) -> Any | None:
     """The dataset without pixel data, or None when ``path`` is not a DICOM file."""
     pydicom = _pydicom()
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        header = pydicom.dcmread(path, stop_before_pixels=True)
     except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
         return None
+    remember_identifiers(header)  # whatever a later log line prints of this file is redacted
+    return header
 
 
 def _modality_problem(modality: str, allowed: Sequence[str]) -> str:
@@ -242,9 +245,9 @@ def _frames_of(ds: Any, path: Path) -> list[_Frame]:
 
 
 def _series_label(header: Any, n: int) -> str:
+    # no SeriesDescription: it is free text that people type names and record numbers into
     number = _text(header, "SeriesNumber", "?")
-    description = _text(header, "SeriesDescription", "no description")
-    return f"series {number} '{description}' ({_text(header, 'Modality', '?')}, {n} slice{'s' * (n != 1)})"
+    return f"series {number} ({_text(header, 'Modality', '?')}, {n} slice{'s' * (n != 1)})"
 
 
 def _collect(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
@@ -519,6 +522,7 @@ def read_dicom_file(path: str | os.PathLike, force: bool = False) -> Any:
         raise InputDataError(
             path, f"cannot read the DICOM file (truncated or corrupt?): {type(e).__name__}: {e}"
         ) from e
+    remember_identifiers(ds)  # whatever a later log line prints of this file is redacted
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputDataError(path, "a DICOM object without pixel data (not an image)")
     return ds
