@@ -126,7 +126,48 @@ def test_inference_missing_and_out_of_range(env):
             assert all(0 <= v <= 1 for v in p) and p == sorted(p, reverse=True)
         assert all(r["risk"]["72h"][k] >= r["risk"]["24h"][k] for k in r["risk"]["24h"])
     rows = list(csv.DictReader(open(env["root"] / "pred_torch" / "predictions.csv")))
-    assert [r["encounter_id"] for r in rows] == ["A-OK", "B-MISSING", "C-OUT-OF-RANGE", "D-NO-IMAGE"]
+    # every input row, in the CSV's order; the encounter that could not be scored with its error
+    assert [r["encounter_id"] for r in rows] == ["A-OK", "B-MISSING", "C-OUT-OF-RANGE", "D-NO-IMAGE", "E-BAD-IMAGE"]
+    assert all(not r["error"] for r in rows[:4]) and rows[4]["p_any_oxygen_24h"] == ""
+    assert "missing.png" in rows[4]["error"]
+
+
+def test_inference_refuses_image_paths_outside_the_data_folder(env, tmp_path):
+    """A CSV is data: rows naming '../..' or absolute paths are refused one by one (listed with their
+    error, nothing opened); --image_paths_outside_root true accepts them."""
+    src = list(csv.DictReader(open(env["data"] / "encounters.csv")))[:4]
+    secret = tmp_path / "secret.png"
+    shutil.copy(env["data"] / src[0]["image"], secret)
+    folder = tmp_path / "site"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(env["data"] / src[0]["image"], folder / "sub" / "ok.png")
+    cells = {"A-OK": "sub/ok.png", "B-UP": "../secret.png", "C-ABS": str(secret), "D-SNEAKY": "sub/../../secret.png"}
+    fields = [c for c in src[0] if c not in ("o2_24h", "o2_72h", "split")]
+    with open(folder / "encounters.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for row, (eid, image) in zip(src, cells.items()):
+            w.writerow({**row, "encounter_id": eid, "image": image})
+    results = _run_inference(env, folder, tmp_path / "out", ["inference.yaml"])
+    assert set(results) == {"A-OK"}
+    rows = {r["encounter_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    assert list(rows) == list(cells)
+    assert "absolute image path refused" in rows["C-ABS"]["error"] and "row 4" in rows["C-ABS"]["error"]
+    for eid in ("B-UP", "D-SNEAKY"):
+        assert "leaves the image root" in rows[eid]["error"] and rows[eid]["p_any_oxygen_24h"] == ""
+    opted_in = _run_inference(env, folder, tmp_path / "out2", ["inference.yaml"], image_paths_outside_root=True)
+    assert set(opted_in) == set(cells)
+
+
+def test_duplicate_encounter_ids_are_refused_with_their_rows(tmp_path):
+    from common.data.oxygen_csv import read_encounters
+    from common.errors import InputDataError
+
+    path = tmp_path / "encounters.csv"
+    path.write_text("encounter_id,image\nE1,a.png\nE2,b.png\nE1,c.png\n")
+    with pytest.raises(InputDataError, match="duplicate encounter_id in rows 2 and 4") as e:
+        read_encounters(path, [])
+    assert "E1" not in str(e.value)  # rows are named, the identifier is not
 
 
 def test_onnx_export_and_onnx_inference_parity(env):
@@ -164,8 +205,10 @@ def test_single_modality_modes(env, mode):
         w.writeheader()
         for r in src:
             w.writerow({**r, "image": str(env["data"] / r["image"]) if mode == "image" else ""})
-    # the model trained with both inputs and modality dropout also serves single-modality sites
-    results = _run_inference(env, folder, env["root"] / f"pred_{mode}", ["inference.yaml"], mode=mode)
+    # the model trained with both inputs and modality dropout also serves single-modality sites (the image
+    # paths here are absolute: allowed by the opt-in)
+    results = _run_inference(env, folder, env["root"] / f"pred_{mode}", ["inference.yaml"], mode=mode,
+                             image_paths_outside_root=True)
     assert len(results) == 4
     assert all(r["mode"] == mode for r in results.values())
     assert all(r["image_used"] is (mode == "image") for r in results.values())

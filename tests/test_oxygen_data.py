@@ -32,7 +32,12 @@ def test_read_encounters_items(tmp_path):
                       "E3,b,val,/abs/3.png,55,97,3,1,0\n")
     items = oxygen_csv.read_encounters(csv_path, FEATURES)
     assert [i["encounter_id"] for i in items] == ["E1", "E2", "E3"]
-    assert items[0]["image"] == str(tmp_path / "img/1.png") and items[1]["image"] == "" and items[2]["image"] == "/abs/3.png"
+    assert items[0]["image"] == str(tmp_path / "img/1.png") and items[1]["image"] == ""
+    # an absolute path is refused for the row (kept, with its error) unless the user opts in
+    assert items[2]["image"] == "" and "row 4: absolute image path refused" in items[2]["error"]
+    assert "error" not in items[0] and "error" not in items[1]
+    opted_in = oxygen_csv.read_encounters(csv_path, FEATURES, allow_outside_root=True)
+    assert opted_in[2]["image"] == "/abs/3.png" and "error" not in opted_in[2]
     assert items[0]["ehr"] == {"age": "70", "spo2": "91", "crp": None}
     assert items[0]["label"] == [1, 1, 0, 0, 1, 1, 1, 0]
     # 72 h level below the 24 h level is corrected (the 72 h level is the maximum within 72 h)

@@ -61,6 +61,32 @@ def _parse_level(path: Path, row_no: int, column: str, cell: str) -> int | None:
     return level
 
 
+def _outside_root(image: str, root: Path) -> str | None:
+    """Why ``image`` (a CSV cell) is refused, or None when it names a file inside ``root``."""
+    if os.path.isabs(image) or Path(image).drive:
+        return f"absolute image path refused: images must be given relative to the image root {root}"
+    if os.path.normpath(image).split(os.sep)[0] == os.pardir:
+        return f"image path leaves the image root {root} ('..'): refused"
+    return None
+
+
+def _refuse_duplicate_ids(path: Path, rows: list[dict[str, str]]) -> None:
+    first: dict[str, int] = {}
+    clashes: list[tuple[int, int]] = []
+    for row_no, row in enumerate(rows, start=2):
+        eid = (row.get("encounter_id") or "").strip()
+        if not eid:
+            continue
+        if eid in first:
+            clashes.append((first[eid], row_no))
+        else:
+            first[eid] = row_no
+    if clashes:
+        pairs = ", ".join(f"rows {a} and {b}" for a, b in clashes[:5])
+        more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise InputDataError(path, f"duplicate encounter_id in {pairs}{more}: every encounter needs its own id")
+
+
 def read_encounters(
     csv_path: str | os.PathLike,
     feature_names: Sequence[str],
@@ -69,8 +95,15 @@ def read_encounters(
     split: str | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.25,
+    allow_outside_root: bool = False,
 ) -> list[dict[str, Any]]:
     """Read an encounter CSV into datalist items.
+
+    Image paths must stay inside ``image_root``: a CSV is data, and one that names ``../../..`` or
+    ``/etc/...`` must not make the bundle open files elsewhere. Such a row keeps its place with an
+    ``error`` (``SkipBadCasesDataset`` reports and skips it; inference lists it in ``predictions.csv``)
+    unless ``allow_outside_root``. The check is on the path as written (symbolic links inside the root
+    are the user's own and are followed).
 
     Args:
         csv_path: the CSV file.
@@ -81,14 +114,17 @@ def read_encounters(
         split: keep only rows of this split (``train``, ``val``, ``test``); None keeps all.
         val_fraction: validation fraction when the CSV has no ``split`` column.
         test_fraction: test fraction when the CSV has no ``split`` column.
+        allow_outside_root: accept absolute image paths and paths that leave ``image_root``.
 
     Returns:
         items ``{"encounter_id", "site", "split", "image", "ehr": {name: cell or None}, ["label", "o2_24h",
-        "o2_72h"]}``; ``label`` holds the cumulative targets (see ``cumulative_targets``).
+        "o2_72h"], ["error"]}``; ``label`` holds the cumulative targets (see ``cumulative_targets``);
+        ``error`` says why the row's image is refused (its ``image`` is then empty).
 
     Raises:
-        InputDataError: the file is missing or unreadable, or a required column is absent, or an
-            outcome cell is not a level 0-4.
+        InputDataError: the file is missing or unreadable, a required column is absent, an outcome
+            cell is not a level 0-4, or an ``encounter_id`` appears in more than one row (the rows
+            are named, the identifier is not).
     """
     path = Path(csv_path)
     if not path.is_file():
@@ -111,6 +147,7 @@ def read_encounters(
         raise InputDataError(path, f"missing column(s): {', '.join(missing)}")
     has_outcomes = all(c in columns for c in OUTCOME_COLUMNS)
 
+    _refuse_duplicate_ids(path, rows)
     items, skipped, corrected = [], 0, 0
     for row_no, row in enumerate(rows, start=2):
         eid = (row.get("encounter_id") or "").strip() or f"row{row_no}"
@@ -125,6 +162,9 @@ def read_encounters(
             "image": str(root / image) if image and not os.path.isabs(image) else image,
             "ehr": {name: ((row.get(name) or "").strip() or None) for name in feature_names},
         }
+        problem = None if allow_outside_root or not image else _outside_root(image, root)
+        if problem:
+            item.update({"image": "", "error": f"{path.name} row {row_no}: {problem}"})
         if has_outcomes:
             y24 = _parse_level(path, row_no, "o2_24h", row["o2_24h"])
             y72 = _parse_level(path, row_no, "o2_72h", row["o2_72h"])
@@ -181,6 +221,11 @@ def load_split(
                 it["image"] = str(path.parent / it["image"])
     else:
         items = read_encounters(path, feature_names, require_outcomes=require_outcomes, split=split)
+        refused = [it for it in items if it.get("error")]
+        if refused:  # training and evaluation leave them out: their image is not the one the CSV meant
+            for it in refused:
+                logger.warning("left out: %s", it["error"])
+            items = [it for it in items if not it.get("error")]
     return items[:max_items] if max_items else items
 
 
@@ -215,6 +260,9 @@ def prepare(
     names = [f["name"] for f in spec["features"]]
     items = read_encounters(csv_path, names, require_outcomes=False, val_fraction=val_fraction,
                             test_fraction=test_fraction)
+    for it in [it for it in items if it.get("error")]:
+        logger.warning("left out: %s", it["error"])
+    items = [it for it in items if not it.get("error")]
     out = Path(out)
     base = out.parent.resolve()
     for it in items:

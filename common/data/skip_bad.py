@@ -11,7 +11,7 @@ would process cases twice).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from monai.data import IterableDataset, list_data_collate
@@ -51,7 +51,9 @@ class SkipBadCasesDataset(IterableDataset):
 
     Each skipped case is logged at WARNING as ``skipped case <index>: <file>: <problem>`` (the file is
     the one named by the error) and recorded in :attr:`skipped` (in the main process when
-    ``num_workers=0``; worker processes log only). Any other exception is a bug and propagates.
+    ``num_workers=0``; worker processes log only). Any other exception is a bug and propagates. A datalist
+    item with an ``error`` entry (a case its builder already refused, e.g. an image path outside the data
+    folder) is skipped and recorded the same way, without running the transform.
 
     Args:
         data: the datalist (a sequence of dicts).
@@ -90,6 +92,10 @@ class SkipBadCasesDataset(IterableDataset):
     def load(self, index: int) -> Any | None:
         """The transformed case ``index``, or None (logged and recorded) when it is a bad case."""
         item = self.data[index]
+        if isinstance(item, Mapping) and item.get("error"):  # refused by the datalist builder already
+            self.skipped.append({"index": index, "file": None, "problem": str(item["error"])})
+            logger.warning("skipped case %d: %s", index, item["error"])
+            return None
         if self.transform is None:
             return item
         try:

@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,18 +206,28 @@ class OxygenRiskReport:
 
 def _write_prediction_csv(path: Path, ids: Sequence[str], splits: Sequence[str] | None, preds: np.ndarray,
                           names: Sequence[str], labels: np.ndarray | None = None,
-                          imputed: Sequence[str] | None = None) -> None:
+                          imputed: Sequence[str] | None = None,
+                          failed: Sequence[tuple[int, str, str]] | None = None,
+                          order: Mapping[str, int] | None = None) -> None:
+    """Write the predictions; with ``failed`` (position, encounter_id, error) also the encounters that
+    could not be scored, with empty risks and their error, every row in ``order`` (id -> position)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["encounter_id", *(["split"] if splits is not None else []), *[f"p_{n}" for n in names]]
     header += [f"y_{n}" for n in names] if labels is not None else []
     header += ["imputed_inputs"] if imputed is not None else []
+    header += ["error"] if failed is not None else []
     w.writerow(header)
+    rows = []
     for i, eid in enumerate(ids):
         row = [eid, *([splits[i]] if splits is not None else []), *[f"{v:.6f}" for v in preds[i]]]
         row += [str(int(v)) for v in labels[i]] if labels is not None else []
         row += [imputed[i]] if imputed is not None else []
-        w.writerow(row)
+        row += [""] if failed is not None else []
+        rows.append(((order or {}).get(eid, i), row))
+    for position, eid, error in failed or ():
+        rows.append((position, [eid, *[""] * (len(header) - 2), error]))
+    w.writerows(row for _, row in sorted(rows, key=lambda r: r[0]))
     atomic_write_text(path, buf.getvalue())
 
 
@@ -225,21 +235,25 @@ class RiskWriter:
     """Inference output: one JSON per encounter plus ``predictions.csv``, every file written atomically.
 
     Each JSON says the risk per horizon and level, the mode the model ran in, whether an image was used
-    and which EHR inputs were imputed (missing or outside the plausible range).
+    and which EHR inputs were imputed (missing or outside the plausible range). ``predictions.csv`` has a
+    row for every input row, in the CSV's order: encounters that could not be scored (an unreadable
+    image, an image path outside the data folder) have empty risks and their ``error``.
 
     Args:
         output_dir: output folder.
         mode: the network's mode (``both``, ``image``, ``ehr``), recorded in each output.
         n_levels: levels per horizon.
         imputed_key: batch key of the list of imputed EHR feature names.
+        dataset: the inference dataset (``SkipBadCasesDataset``), whose skipped cases are listed too.
     """
 
     def __init__(self, output_dir: str | os.PathLike, mode: str = "both", n_levels: int = 4,
-                 imputed_key: str = "ehr_imputed") -> None:
+                 imputed_key: str = "ehr_imputed", dataset: Any = None) -> None:
         self.output_dir = Path(output_dir)
         self.mode = mode
         self.n_levels = int(n_levels)
         self.collector = _Collector(imputed_key=imputed_key)
+        self.dataset = dataset
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -269,10 +283,20 @@ class RiskWriter:
 
     def _write_csv(self, engine) -> None:
         c = self.collector
-        if not c.preds:
+        data = list(getattr(self.dataset, "data", None) or [])
+        failed = [
+            (s["index"], str(data[s["index"]].get("encounter_id", f"row{s['index']}")),
+             f"{s['file']}: {s['problem']}" if s.get("file") else str(s["problem"]))
+            for s in getattr(self.dataset, "skipped", None) or []
+            if isinstance(s, dict) and s.get("index") is not None and s["index"] < len(data)
+        ]
+        if not c.preds and not failed:
             return
-        _write_prediction_csv(self.output_dir / "predictions.csv", c.ids, None, np.stack(c.preds),
-                              output_names(self.n_levels), imputed=c.imputed)
+        names = output_names(self.n_levels)
+        preds = np.stack(c.preds) if c.preds else np.zeros((0, len(names)))
+        order = {str(item.get("encounter_id")): i for i, item in enumerate(data)}
+        _write_prediction_csv(self.output_dir / "predictions.csv", c.ids, None, preds, names,
+                              imputed=c.imputed, failed=failed, order=order)
 
 
 def _safe_name(name: str) -> str:
