@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from common.errors import InputDataError, WeightsUnavailable
+from common.errors import InputDataError, NothingWritten, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -337,3 +338,55 @@ class MetricsReport:
         }
         atomic_write_json(self.output_file, report)
         logger.info("metrics report written to %s", self.output_file)
+
+
+class BatchSummary:
+    """Ends a batch inference with one line: how many cases were written and how many skipped, and why.
+
+    Attach it last to an inference evaluator whose dataset is a ``SkipBadCasesDataset``. When no case was
+    written (every input refused, or none found), it raises :class:`~common.errors.NothingWritten`, so
+    ``python -m monai.bundle run`` exits with status 1 instead of 0.
+
+    Args:
+        dataset: the inference dataset (its ``skipped`` lists the refused cases).
+        what: the name of one case in the summary ("image", "scan", "encounter").
+    """
+
+    def __init__(self, dataset: object, what: str = "case") -> None:
+        self.dataset = dataset
+        self.what = what
+        self.written = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
+        engine.add_event_handler(Events.COMPLETED, self._summarise)
+
+    def _reset(self, engine) -> None:
+        self.written = 0
+
+    def _count(self, engine) -> None:
+        output = engine.state.output
+        self.written += len(output) if isinstance(output, (list, tuple)) else 1
+
+    def summary(self) -> str:
+        """``N <what>s written, M skipped (K reason; ...)``, reasons grouped without file names."""
+        skipped = list(getattr(self.dataset, "skipped", None) or [])
+        reasons: dict[str, int] = {}
+        for record in skipped:
+            problem = str(record.get("problem", "") if isinstance(record, Mapping) else record[1])
+            problem = re.sub(r"^\S+ row \d+: ", "", problem)  # "encounters.csv row 7: ..." -> the reason
+            reason = re.split(r"[:(]", problem)[0].strip()[:80] or "unreadable"
+            reasons[reason] = reasons.get(reason, 0) + 1
+        text = f"{self.written} {self.what}(s) written, {len(skipped)} skipped"
+        if reasons:
+            text += " (" + "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")"
+        return text
+
+    def _summarise(self, engine) -> None:
+        text = self.summary()
+        if self.written == 0:
+            raise NothingWritten(text)
+        logger.info("batch done: %s", text)

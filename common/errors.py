@@ -43,3 +43,16 @@ class WeightsUnavailable(SystemExit):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"error: {self.path}: {problem}. {remedy}")
+
+
+class NothingWritten(SystemExit):
+    """A batch run refused every input: exit status 1 with one line, so that a script or a scheduler
+    sees the failure (a ``SystemExit`` for the same reason as :class:`WeightsUnavailable`).
+
+    Args:
+        summary: the batch summary (how many inputs, why they were refused).
+    """
+
+    def __init__(self, summary: str) -> None:
+        self.summary = summary
+        super().__init__(f"error: nothing written: {summary}")

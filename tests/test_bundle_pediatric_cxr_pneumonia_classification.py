@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,41 @@ def test_inference_csv_reports_and_skips_bad_files(trained, data, tmp_path):
         assert float(r["p_pneumonia"]) == pytest.approx(p[1] + p[2], abs=1e-5)
         assert r["call"] == ("NORMAL", "BACTERIAL", "VIRAL")[int(p.argmax())]
         assert r["pneumonia"] == ("yes" if p[1] + p[2] >= 0.5 else "no")
+
+
+def test_batch_ends_with_a_summary_and_fails_when_nothing_was_written(trained, data, tmp_path):
+    import logging
+
+    from common.errors import NothingWritten
+
+    images = tmp_path / "mixed"
+    shutil.copytree(data / "chest_xray" / "test", images)
+    (images / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("common.bundle_utils").addHandler(handler)
+    try:
+        _run(trained, ["inference.yaml"], dataset_dir=str(images), output_dir=str(tmp_path / "out"))
+    finally:
+        logging.getLogger("common.bundle_utils").removeHandler(handler)
+    log = "\n".join(r.getMessage() for r in records)
+    assert "batch done: 6 image(s) written, 1 skipped (1 x the image cannot be decoded)" in log
+
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    (refused / "a.png").write_bytes(b"not an image")
+    (refused / "b.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(NothingWritten, match="nothing written: 0 image"):
+        _run(trained, ["inference.yaml"], dataset_dir=str(refused), output_dir=str(tmp_path / "out2"))
+    # from the command line: exit status 1, the cause on the last line
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(trained / "configs" / "inference.yaml"),
+         "--bundle_root", str(trained), "--dataset_dir", str(refused), "--output_dir", str(tmp_path / "out3")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: nothing written: 0 image(s) written, 2 skipped")
 
 
 def _monochrome1_dicom(png: Path, out: Path) -> None:
