@@ -30,6 +30,7 @@ from ignite.engine import Engine, Events
 
 from common.errors import InputDataError
 from common.io.atomic import atomic_path, atomic_write_json
+from common.io.naming import UniqueNames
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ class DetectionWriter:
         self.save_box_image = save_box_image
         self.box_image_threshold = box_image_threshold
         self.output_transform = output_transform
+        self._names = UniqueNames()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -239,7 +241,7 @@ class DetectionWriter:
         """Write the JSON (and NIfTI) of one scan; returns the JSON path."""
         meta = getattr(out.get("image"), "meta", {}) or {}
         filename = meta.get("filename_or_obj", "scan")
-        name = scan_name(filename)
+        name = self._names(scan_name(filename), str(filename))  # a second scan of the same name gets _2
         detections = detections_to_json(
             out.get("pred_box"), out.get("pred_score"), out.get("pred_malignancy"), self.score_threshold
         )

@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 
 from common.errors import InputDataError
 from common.io.atomic import atomic_path
+from common.io.naming import UniqueNames
 from common.segmentation.report import case_name
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class SaveLabelMapd(MapTransform):
     The file is ``<output_dir>/<case><postfix><ext>``, the case name taken from the image's
     ``filename_or_obj`` (file name without suffixes, or the DICOM folder's name). With ``data_root_dir``
     the input's sub-folders below it are kept, so cases with the same name in different folders do not
-    overwrite each other.
+    overwrite each other; inputs that would still share a name get ``_2``, ``_3``, ... and a warning.
 
     Args:
         keys: label map keys: ``(1, X, Y, Z)`` MetaTensors on the input's grid.
@@ -134,16 +135,20 @@ class SaveLabelMapd(MapTransform):
         self.output_ext = output_ext
         self.data_root_dir = Path(data_root_dir) if data_root_dir else None
         self.meta_key = meta_key
+        self._names = UniqueNames()
 
     def output_path(self, source: str) -> Path:
-        """Where the label map of the image ``source`` is written."""
+        """Where the label map of the image ``source`` is written (unique within this run: a second input
+        with the same case name, such as ``lung_002.nii.gz`` beside a ``lung_002/`` DICOM folder, gets
+        ``lung_002_2``, and a warning)."""
         folder = self.output_dir
         if self.data_root_dir is not None:
             try:
                 folder = folder / Path(source).resolve().parent.relative_to(self.data_root_dir.resolve())
             except ValueError:
                 pass
-        return folder / f"{case_name(source)}{self.output_postfix}{self.output_ext}"
+        stem = self._names(str(folder / case_name(source)), source)
+        return Path(f"{stem}{self.output_postfix}{self.output_ext}")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
