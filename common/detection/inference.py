@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from common.data.ct_inputs import ct_cases
 from common.errors import InputDataError
 from common.io.atomic import atomic_path, atomic_write_json
 from common.io.naming import UniqueNames
@@ -44,22 +45,6 @@ __all__ = [
 ]
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".dcm")
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    if path.suffix:
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
-
-
-def _dicom_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and _looks_like_dicom(p)]
 
 
 def list_inputs(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -96,25 +81,10 @@ def list_inputs(path: str | os.PathLike) -> list[dict[str, str]]:
         return items
     if path.is_file():
         return [{"image": str(path)}]
-    if _dicom_files(path):
-        return [{"image": str(path)}]
-    found: list[dict[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not d.startswith(".") and not d.startswith("seg-lungs") and d != "nodule_masks"
-        )
-        folder = Path(dirpath)
-        if folder != path and _dicom_files(folder):
-            found.append({"image": str(folder)})
-            continue
-        for name in sorted(filenames):
-            if name.endswith((".nii.gz", ".nii", ".mhd")):
-                found.append({"image": str(folder / name)})
+    found = ct_cases(path, recursive=True, skip_folder=lambda name: name.startswith("seg-lungs") or name == "nodule_masks")
     if not found:
         raise InputDataError(path, "no CT volume (.nii, .nii.gz, .mhd) or DICOM series found")
-    return found
+    return [{"image": case} for case in found]
 
 
 def scan_name(filename: str | os.PathLike) -> str:

@@ -21,6 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.data.ct_inputs import ct_cases
 from common.errors import InputDataError
 from common.io.atomic import atomic_path
 from common.io.naming import UniqueNames
@@ -28,41 +29,12 @@ from common.segmentation.report import case_name
 
 logger = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
-
-
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.is_file() and _is_dicom_file(p) for p in sorted(path.iterdir())[:20])
 
 
 def list_ct_inputs(folder: str | os.PathLike) -> list[str]:
-    """CT inputs in ``folder``: NIfTI/MHD files and DICOM series sub-folders (sorted by name).
-
-    A folder that itself holds DICOM files is one series. Hidden files and label folders are skipped.
-    """
-    root = Path(folder)
-    if _is_dicom_folder(root):
-        return [str(root)]
-    found = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and entry.name.lower().endswith(VOLUME_SUFFIXES):
-            found.append(str(entry))
-        elif _is_dicom_folder(entry):
-            found.append(str(entry))
-    return found
+    """CT inputs in ``folder``: volume files and DICOM series folders (``folder`` itself and its direct
+    sub-folders), found by content (:func:`common.data.ct_inputs.ct_cases`)."""
+    return ct_cases(folder, recursive=False)
 
 
 def inference_datalist(dataset_dir: str | os.PathLike, datalist: str = "", key: str = "testing") -> list[dict]:
@@ -92,7 +64,7 @@ def inference_datalist(dataset_dir: str | os.PathLike, datalist: str = "", key: 
         for item in items:
             image = item["image"] if isinstance(item, dict) else item
             cases.append({"image": str(image if os.path.isabs(image) else base / image)})
-    elif source.is_file() or _is_dicom_folder(source):
+    elif source.is_file():
         cases = [{"image": str(source)}]
     else:
         cases = [{"image": p} for p in list_ct_inputs(source)]
