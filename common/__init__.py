@@ -17,3 +17,8 @@ __version__ = "0.1.0"
 from common.logging_utils import install_phi_redaction as _install_phi_redaction  # noqa: E402
 
 _install_phi_redaction()
+
+# An uncaught error about the user's data ends a bundle run with one line, not a traceback (exit status 1).
+from common.errors import install_input_error_hook as _install_input_error_hook  # noqa: E402
+
+_install_input_error_hook()

@@ -56,3 +56,35 @@ class NothingWritten(SystemExit):
     def __init__(self, summary: str) -> None:
         self.summary = summary
         super().__init__(f"error: nothing written: {summary}")
+
+
+def install_input_error_hook() -> None:
+    """Make an uncaught :class:`InputDataError` end a program with one line instead of a traceback.
+
+    A bundle run that stops on the user's data (an empty or missing dataset folder, a CSV without a
+    needed column) fails inside MONAI's config parser, which wraps the error in a 40-line traceback whose
+    cause is in the middle. With this hook (installed by ``import common``) the process prints
+    ``error: <path>: <problem>`` on stderr and exits with status 1; set ``ZOO_TRACEBACK=1`` to see the
+    traceback as well. Other exceptions keep Python's own handling.
+    """
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_zoo_input_error_hook", False):
+        return
+
+    def hook(kind, value, traceback) -> None:
+        found, current, seen = None, value, set()
+        while current is not None and id(current) not in seen:
+            if isinstance(current, InputDataError):
+                found = current
+                break
+            seen.add(id(current))
+            current = current.__cause__ or current.__context__
+        if found is None or os.environ.get("ZOO_TRACEBACK"):
+            previous(kind, value, traceback)
+        if found is not None:
+            sys.stderr.write(f"error: {found}\n")
+
+    hook._zoo_input_error_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
