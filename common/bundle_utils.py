@@ -390,3 +390,90 @@ class BatchSummary:
         if self.written == 0:
             raise NothingWritten(text)
         logger.info("batch done: %s", text)
+
+
+class ResumableTraining:
+    """Makes a bundle's training resumable after a kill: ``--resume true`` goes on from the last epoch.
+
+    After every epoch (and its validation) it writes ``<ckpt_dir>/resume.pt`` atomically: the state of
+    every object in ``objects`` (network, optimiser, scheduler), the trainer's epoch and iteration, the
+    validator's best metric and the best-model saver's record of it. With ``resume`` it loads that file
+    when the trainer starts, so a restart goes on with the next epoch (at most the killed epoch is lost),
+    keeps the best validation score, and the best ``model.pt`` is only replaced by a better one. Stale
+    temporary files of killed atomic writes in ``ckpt_dir`` are removed when training starts.
+
+    Attach it to the trainer right after its ``ValidationHandler`` (the multi-GPU configs drop the last
+    two handlers on ranks other than 0); only rank 0 writes.
+
+    Args:
+        ckpt_dir: the training's checkpoint folder.
+        objects: ``{name: object with state_dict/load_state_dict}`` to save and restore.
+        resume: load ``resume.pt`` at the start (an error naming the file when there is none).
+        validator: the validation engine whose ``best_metric`` is kept.
+        best_saver: the validator's key-metric ``CheckpointSaver`` (writes the best ``model.pt``).
+    """
+
+    FILENAME = "resume.pt"
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        objects: Mapping[str, object],
+        resume: bool = False,
+        validator: object | None = None,
+        best_saver: object | None = None,
+    ) -> None:
+        self.path = Path(ckpt_dir) / self.FILENAME
+        self.objects = dict(objects)
+        self.resume = bool(resume)
+        self.validator = validator
+        self.best_saver = best_saver
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        for stale in self.path.parent.glob(".*.tmp*"):  # temporary files of writes that were killed
+            stale.unlink(missing_ok=True)
+        if self.resume:
+            if not self.path.is_file():
+                raise WeightsUnavailable(self.path, "no training to resume here", "Train without --resume true")
+            engine.add_event_handler(Events.STARTED, self._load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _best_checkpoint(self):
+        return getattr(self.best_saver, "_key_metric_checkpoint", None)
+
+    def _save(self, engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        from common.io.atomic import atomic_torch_save
+
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+        state["trainer"] = dict(engine.state_dict())
+        state["epoch"] = int(engine.state.epoch)
+        vstate = getattr(self.validator, "state", None)
+        state["best"] = {
+            "metric": float(getattr(vstate, "best_metric", -1.0)),
+            "epoch": int(getattr(vstate, "best_metric_epoch", -1)),
+        }
+        checkpoint = self._best_checkpoint()
+        state["best_saver"] = dict(checkpoint.state_dict()) if checkpoint is not None else {}
+        atomic_torch_save(state, self.path)
+
+    def _load(self, engine) -> None:
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        for name, obj in self.objects.items():
+            _unwrap(obj).load_state_dict(state[name])
+        max_epochs = engine.state.max_epochs
+        engine.load_state_dict(state["trainer"])
+        engine.state.max_epochs = max_epochs  # --max_epochs may extend a finished training
+        vstate = getattr(self.validator, "state", None)
+        if vstate is not None:
+            vstate.best_metric, vstate.best_metric_epoch = state["best"]["metric"], state["best"]["epoch"]
+        checkpoint = self._best_checkpoint()
+        if checkpoint is not None and state.get("best_saver"):
+            checkpoint.load_state_dict(state["best_saver"])
+        logger.info(
+            "resumed from %s: epoch %d of %d done, best validation %.4f (epoch %d)",
+            self.path, engine.state.epoch, max_epochs, state["best"]["metric"], state["best"]["epoch"],
+        )
