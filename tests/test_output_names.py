@@ -47,3 +47,17 @@ def test_detection_json_of_two_scans_with_one_name(tmp_path):
         paths.append(writer.write(out))
     assert [p.name for p in paths] == ["scan_nodules.json", "scan_2_nodules.json"]
     assert [json.loads(p.read_text())["image"] for p in paths] == ["scan.mhd", "scan.nii.gz"]
+
+
+def test_oxygen_encounter_ids_that_map_to_one_file_name_keep_both_outputs(tmp_path):
+    from types import SimpleNamespace
+
+    from common.oxygen.report import RiskWriter
+
+    writer = RiskWriter(tmp_path)
+    output = [{"pred": torch.full((8,), 0.5), "encounter_id": "A/1"},
+              {"pred": torch.full((8,), 0.25), "encounter_id": "A_1"}]
+    writer._on_iteration(SimpleNamespace(state=SimpleNamespace(output=output, batch={})))
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == ["A_1.json", "A_1_2.json"]
+    assert {json.loads((tmp_path / n).read_text())["encounter_id"] for n in names} == {"A/1", "A_1"}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.io.atomic import atomic_write_json, atomic_write_text
+from common.io.naming import UniqueNames
 from common.metrics.calibration import calibration_summary, plot_reliability_diagram
 from common.metrics.classification import bootstrap_ci, roc_auc, sensitivity_specificity
 
@@ -254,6 +255,7 @@ class RiskWriter:
         self.n_levels = int(n_levels)
         self.collector = _Collector(imputed_key=imputed_key)
         self.dataset = dataset
+        self._names = UniqueNames()
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -279,7 +281,9 @@ class RiskWriter:
                 "levels": {"any_oxygen": ">= low-flow oxygen", "high_flow_or_more": ">= high-flow or non-invasive",
                            "ventilation_or_death": ">= mechanical ventilation", "death": "death"},
             }
-            atomic_write_json(self.output_dir / f"{_safe_name(c.ids[i]) or f'case{i}'}.json", record)
+            # ids that differ only in characters a file name cannot hold ("a/b", "a_b") get _2, _3, ...
+            name = self._names(_safe_name(c.ids[i]) or f"case{i}", c.ids[i])
+            atomic_write_json(self.output_dir / f"{name}.json", record)
 
     def _write_csv(self, engine) -> None:
         c = self.collector
