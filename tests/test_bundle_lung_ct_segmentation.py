@@ -211,3 +211,52 @@ def test_multi_gpu_train_with_two_cpu_processes(data, tmp_path):
     # the DistributedSampler gave each rank one of the 2 training cases: one iteration per epoch, not two
     log = result.stdout + result.stderr
     assert "Epoch: 1/1, Iter: 1/1" in log and "Iter: 1/2" not in log
+
+
+def test_ct_bad_input_corpus_beside_good_scans(trained, data, tmp_path):
+    """CT kinds of bad input beside good scans through inference.yaml: every good scan is written (a NIfTI file
+    and a DICOM folder of one name both), each bad one is skipped once with its reason, no DICOM free text or
+    patient identifier reaches the log."""
+    import logging
+
+    import pydicom
+    from dicom_factory import write_radiograph
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(data / "imagesTs" / "lung_005.nii.gz", folder / "lung_005.nii.gz")
+    shutil.copytree(data / "dicom" / "lung_005", folder / "lung_005")  # same case name as the NIfTI file
+    for f in (folder / "lung_005").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription, ds.InstitutionName = "CHEST DOE^JOHN MRN12345", "St Elsewhere General"
+        ds.save_as(f)
+    (folder / "truncated.nii.gz").write_bytes((folder / "lung_005.nii.gz").read_bytes()[:2000])
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), str(folder / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 12)).astype(np.float32), np.eye(4)),
+             str(folder / "probabilities.nii.gz"))
+    (folder / "notes.dcm").write_text("not DICOM: not a case at all\n")
+    write_radiograph(folder / "xray" / "cr.dcm", np.zeros((16, 16), np.uint16) + 5, modality="CR")
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    watched = [logging.getLogger(n) for n in ("common", "monai", "ignite")]
+    for logger in watched:
+        logger.addHandler(handler)
+    try:
+        out = tmp_path / "out"
+        run_workflow([CONFIGS / "inference.yaml"], "infer", dataset_dir=str(folder), output_dir=str(out),
+                     ckpt_path=str(trained), **FAST)
+    finally:
+        for logger in watched:
+            logger.removeHandler(handler)
+    log = "\n".join(r.getMessage() for r in records)
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["lung_005_2_seg.nii.gz", "lung_005_seg.nii.gz"]
+    skipped = [line for line in log.splitlines() if line.startswith("skipped case")]
+    assert len(skipped) == 4, skipped
+    for name, reason in (("truncated.nii.gz", "truncated or corrupt"), ("flat.nii.gz", "2D"),
+                         ("probabilities.nii.gz", "HU"), ("xray", "CR")):
+        assert sum(name in line and reason in line for line in skipped) == 1, (name, skipped)
+    assert "batch done: 2 scan(s) written, 4 skipped" in log
+    for identifier in ("DOE^JOHN", "MRN12345", "St Elsewhere", "Doe^Jane", "SECRET-ID-123"):
+        assert identifier not in log, identifier
