@@ -22,6 +22,23 @@ class InputDataError(ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+def find_input_error(error: BaseException) -> InputDataError | None:
+    """The :class:`InputDataError` behind ``error``: itself, or the cause MONAI wrapped it in.
+
+    ``monai.transforms.apply_transform`` re-raises a failing transform's exception as
+    ``RuntimeError("applying transform ...")`` chained to the original, once per Compose level, and
+    MONAI's config parser wraps a failing expression the same way.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InputDataError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class WeightsUnavailable(SystemExit):
     """A bundle's network weights are missing, damaged or made for another network.
 
@@ -74,13 +91,7 @@ def install_input_error_hook() -> None:
         return
 
     def hook(kind, value, traceback) -> None:
-        found, current, seen = None, value, set()
-        while current is not None and id(current) not in seen:
-            if isinstance(current, InputDataError):
-                found = current
-                break
-            seen.add(id(current))
-            current = current.__cause__ or current.__context__
+        found = find_input_error(value)
         if found is None or os.environ.get("ZOO_TRACEBACK"):
             previous(kind, value, traceback)
         if found is not None:

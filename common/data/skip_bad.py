@@ -18,27 +18,11 @@ from monai.data import IterableDataset, list_data_collate
 from monai.transforms import apply_transform
 from torch.utils.data import get_worker_info
 
-from common.errors import InputDataError
+from common.errors import find_input_error
 
 __all__ = ["SkipBadCasesDataset", "collate_skip_bad", "find_input_error"]
 
 logger = logging.getLogger("common.data")
-
-
-def find_input_error(error: BaseException) -> InputDataError | None:
-    """The :class:`InputDataError` behind ``error``: itself, or the cause MONAI wrapped it in.
-
-    ``monai.transforms.apply_transform`` re-raises a failing transform's exception as
-    ``RuntimeError("applying transform ...")`` chained to the original, once per Compose level.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, InputDataError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 class SkipBadCasesDataset(IterableDataset):
