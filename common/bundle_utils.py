@@ -457,7 +457,9 @@ class ResumableTraining:
             "epoch": int(getattr(vstate, "best_metric_epoch", -1)),
         }
         checkpoint = self._best_checkpoint()
-        state["best_saver"] = dict(checkpoint.state_dict()) if checkpoint is not None else {}
+        # plain floats and strings: a metric may be a numpy scalar, which weights_only loading refuses
+        saved = checkpoint.state_dict() if checkpoint is not None else {}
+        state["best_saver"] = {k: [(float(p), str(f)) for p, f in v] for k, v in saved.items()}
         atomic_torch_save(state, self.path)
 
     def _load(self, engine) -> None:
