@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.special
 import torch
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
+from common.classification.report import evaluate_probabilities
 from common.classification.tasks import ClassificationTask
 from common.io.atomic import atomic_write_json
-from common.metrics.calibration import expected_calibration_error, plot_reliability_diagram
-from common.metrics.classification import roc_auc, sensitivity_specificity
+from common.metrics.calibration import plot_reliability_diagram
 from common.transforms.acquisition import SHIFTS, AcquisitionShiftd
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,7 @@ THRESHOLD_GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature``."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return scipy.special.softmax(np.asarray(logits, dtype=np.float64) / float(temperature), axis=1)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -144,24 +142,12 @@ def shifted_logits(
 
 
 def _condition_figures(probs: np.ndarray, labels: np.ndarray, task: ClassificationTask) -> dict[str, Any]:
-    names = task.class_names
-    figures: dict[str, Any] = {"accuracy": float((probs.argmax(axis=1) == labels).mean())}
-    top = probs.max(axis=1)
-    figures["top_label_ece"] = expected_calibration_error(
-        probs.argmax(axis=1) == labels, np.clip(top, 0.0, 1.0), 15
-    )
-    for q in task.questions:
-        mask, y = q.select(labels, names)
-        score = q.score(probs[mask], names)
-        call = (score >= q.threshold).astype(int)
-        sens, spec = sensitivity_specificity(y, call)
-        figures[q.name] = {
-            "auroc": roc_auc(y, score),
-            "accuracy": float((call == y).mean()),
-            "sensitivity": sens,
-            "specificity": spec,
-            "ece": expected_calibration_error(y, np.clip(score, 0.0, 1.0), 15),
-        }
+    """The evaluation report's figures for one condition, without bootstrap CIs, flattened."""
+    report = evaluate_probabilities(probs, labels, task, n_boot=0)
+    figures: dict[str, Any] = {"accuracy": report["accuracy"]["value"], "top_label_ece": report["top_label_ece"]}
+    for name, question in report["binary"].items():
+        figures[name] = {k: question[k]["value"] for k in ("auroc", "accuracy", "sensitivity", "specificity")}
+        figures[name]["ece"] = question["ece"]
     return figures
 
 
