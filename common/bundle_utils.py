@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common.data.skip_bad import skipped_cases
 from common.errors import InputDataError, NothingWritten, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
@@ -373,11 +374,10 @@ class BatchSummary:
 
     def summary(self) -> str:
         """``N <what>s written, M skipped (K reason; ...)``, reasons grouped without file names."""
-        skipped = list(getattr(self.dataset, "skipped", None) or [])
+        skipped = skipped_cases(self.dataset)
         reasons: dict[str, int] = {}
-        for record in skipped:
-            problem = str(record.get("problem", "") if isinstance(record, Mapping) else record[1])
-            problem = re.sub(r"^\S+ row \d+: ", "", problem)  # "encounters.csv row 7: ..." -> the reason
+        for case in skipped:
+            problem = re.sub(r"^\S+ row \d+: ", "", case["problem"])  # "encounters.csv row 7: ..." -> the reason
             reason = re.split(r"[:(]", problem)[0].strip()[:80] or "unreadable"
             reasons[reason] = reasons.get(reason, 0) + 1
         text = f"{self.written} {self.what}(s) written, {len(skipped)} skipped"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from common.classification.tasks import ClassificationTask
+from common.data.skip_bad import skipped_cases
 from common.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -199,25 +200,11 @@ class PredictionCSVWriter(_Collector):
         self.output_path = Path(output_path)
         self.dataset = dataset
 
-    def _skipped(self) -> list[tuple[str, str]]:
-        skipped = getattr(self.dataset, "skipped", None) or []
-        data = getattr(self.dataset, "data", None)
-        out = []
-        for s in skipped:
-            if not isinstance(s, dict):
-                out.append((str(s[0]), str(s[1])))
-                continue
-            file = s.get("file")
-            if not file and data is not None and s.get("index") is not None:
-                file = data[s["index"]].get("image", "")
-            out.append((str(file or ""), str(s.get("problem", ""))))
-        return out
-
     def _write(self, engine) -> None:
         uniform = np.full((1, len(self.task.class_names)), 1.0 / len(self.task.class_names))
         columns = ["file", *(f"p_{c}" for c in self.task.class_names), *self.task.decide(uniform)[0], "error"]
         rows = [{"file": f, **_prob_columns(p, self.task)} for f, p in zip(self.files, self.probs)]
-        rows += [{"file": file, "error": problem} for file, problem in self._skipped()]
+        rows += [{"file": case["file"], "error": case["problem"]} for case in skipped_cases(self.dataset)]
         rows.sort(key=lambda r: r["file"])
         _write_csv(self.output_path, [{c: r.get(c, "") for c in columns} for r in rows], columns)
         logger.info(

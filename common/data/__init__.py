@@ -4,6 +4,6 @@
 :class:`common.errors.InputDataError` is logged (file and problem) and skipped; the rest go on.
 """
 
-from common.data.skip_bad import SkipBadCasesDataset, collate_skip_bad, find_input_error
+from common.data.skip_bad import SkipBadCasesDataset, collate_skip_bad, find_input_error, skipped_cases
 
-__all__ = ["SkipBadCasesDataset", "collate_skip_bad", "find_input_error"]
+__all__ = ["SkipBadCasesDataset", "collate_skip_bad", "find_input_error", "skipped_cases"]

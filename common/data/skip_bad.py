@@ -105,6 +105,26 @@ class SkipBadCasesDataset(IterableDataset):
                 yield item
 
 
+def skipped_cases(dataset: Any) -> list[dict[str, Any]]:
+    """The cases ``dataset`` skipped, as ``{"index", "file", "problem"}``: the writers and the batch summary read
+    them from here. ``file`` is the one the error named, else the datalist item's ``image`` ("" if neither).
+
+    Args:
+        dataset: a :class:`SkipBadCasesDataset` (anything with ``skipped`` and ``data``; others give ``[]``).
+    """
+    data = getattr(dataset, "data", None)
+    cases = []
+    for record in getattr(dataset, "skipped", None) or []:
+        if not isinstance(record, Mapping):  # (file, problem) pairs of older callers
+            cases.append({"index": None, "file": str(record[0]), "problem": str(record[1])})
+            continue
+        index, file = record.get("index"), record.get("file")
+        if not file and data is not None and index is not None and index < len(data):
+            file = data[index].get("image", "")
+        cases.append({"index": index, "file": str(file or ""), "problem": str(record.get("problem", ""))})
+    return cases
+
+
 def collate_skip_bad(batch: Sequence[Any]) -> Any | None:
     """MONAI's ``list_data_collate`` without the skipped (None) cases; None when nothing is left."""
     good = [item for item in batch if item is not None]

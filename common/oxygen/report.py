@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.data.skip_bad import skipped_cases
 from common.io.atomic import atomic_write_json, atomic_write_text
 from common.io.naming import UniqueNames
 from common.metrics.calibration import calibration_summary, plot_reliability_diagram
@@ -289,10 +290,10 @@ class RiskWriter:
         c = self.collector
         data = list(getattr(self.dataset, "data", None) or [])
         failed = [
-            (s["index"], str(data[s["index"]].get("encounter_id", f"row{s['index']}")),
-             f"{s['file']}: {s['problem']}" if s.get("file") else str(s["problem"]))
-            for s in getattr(self.dataset, "skipped", None) or []
-            if isinstance(s, dict) and s.get("index") is not None and s["index"] < len(data)
+            (case["index"], str(data[case["index"]].get("encounter_id", f"row{case['index']}")),
+             f"{case['file']}: {case['problem']}" if case["file"] else case["problem"])
+            for case in skipped_cases(self.dataset)
+            if case["index"] is not None and case["index"] < len(data)
         ]
         if not c.preds and not failed:
             return
