@@ -126,51 +126,58 @@ def run(
     return figures
 
 
+def _pneumonia_batch(dataset_dir: str, output_dir: str, threads: int) -> dict[str, float]:
+    """One pneumonia ``inference.yaml`` batch in this process: wall seconds and peak resident memory."""
+    from monai.bundle import ConfigParser
+
+    from common.demo import peak_rss_mib
+
+    torch.set_num_threads(threads)
+    bundle = REPO / "bundles" / "pediatric_cxr_pneumonia_classification"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": dataset_dir, "output_dir": output_dir})
+    parser.get_parsed_content("initialize")
+    start = time.perf_counter()
+    parser.get_parsed_content("evaluator").run()
+    return {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
 def large_film(side: int = 12000, normal_films: int = 8, threads: int | None = None) -> dict[str, Any]:
     """Peak memory of the pneumonia bundle's batch inference over a folder holding one ``side`` x ``side``
     8-bit PNG film and ``normal_films`` 224 x 224 films, against the same batch without the large film.
 
-    The large film is written by a child process, so its creation does not count towards this process's
-    peak; each batch runs in a fresh child (``VmHWM`` only grows).
+    Each batch runs in a fresh child process, whose peak (``VmHWM``) is its own.
 
     Returns:
         peak resident memory (MiB) and wall time of both batches, and the film's file size.
     """
+    import json
     import subprocess
     import sys
 
+    from PIL import Image
+
     threads = threads or torch.get_num_threads()
     figures: dict[str, Any] = {"film_side": side, "normal_films": normal_films, "threads": threads}
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "films"
         folder.mkdir()
-        make = (
-            "import numpy as np; from PIL import Image\n"
-            f"rng = np.random.default_rng(0); side = {side}\n"
-            "small = (rng.random((side // 100, side // 100)) * 255).astype(np.uint8)\n"
-            "Image.fromarray(small).resize((side, side), Image.BILINEAR).save("
-            f"{str(folder / 'large.png')!r}, compress_level=1)\n"
-            f"for k in range({normal_films}):\n"
-            f"    Image.fromarray((rng.random((224, 224)) * 255).astype(np.uint8)).save({str(folder)!r} + f'/n{{k}}.png')\n"
-        )
-        subprocess.run([sys.executable, "-c", make], check=True)
+        coarse = (rng.random((side // 100, side // 100)) * 255).astype(np.uint8)
+        Image.fromarray(coarse).resize((side, side), Image.BILINEAR).save(folder / "large.png", compress_level=1)
+        for k in range(normal_films):
+            Image.fromarray((rng.random((224, 224)) * 255).astype(np.uint8)).save(folder / f"n{k}.png")
         figures["film_mib"] = round((folder / "large.png").stat().st_size / 2**20, 1)
-        run = (
-            "import json, time, torch\n"
-            f"torch.set_num_threads({threads})\n"
-            "from monai.bundle import ConfigParser\n"
-            "from common.demo import peak_rss_mib\n"
-            f"b = {str(REPO / 'bundles' / 'pediatric_cxr_pneumonia_classification')!r}\n"
-            "p = ConfigParser(); p.read_config(b + '/configs/inference.yaml')\n"
-            "p['bundle_root'] = b; p['dataset_dir'] = __import__('sys').argv[1]; p['output_dir'] = __import__('sys').argv[2]\n"
-            "p.get_parsed_content('initialize'); t = time.perf_counter(); p.get_parsed_content('evaluator').run()\n"
-            "print('RESULT ' + json.dumps({'seconds': round(time.perf_counter() - t, 2), 'peak_rss_mib': round(peak_rss_mib(), 1)}))\n"
+        child = (
+            "import json, sys; from common.classification.benchmark import _pneumonia_batch; "
+            "print('RESULT ' + json.dumps(_pneumonia_batch(*sys.argv[1:3], int(sys.argv[3]))))"
         )
-        for name, drop in (("with_large_film", False), ("normal_films_only", True)):
-            if drop:
+        for name in ("with_large_film", "normal_films_only"):
+            if name == "normal_films_only":
                 (folder / "large.png").unlink()
-            proc = subprocess.run([sys.executable, "-c", run, str(folder), str(Path(tmp) / name)], cwd=REPO,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run([sys.executable, "-c", child, str(folder), str(Path(tmp) / name), str(threads)],
+                                  cwd=REPO, capture_output=True, text=True, check=True)
             line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            figures[name] = __import__("json").loads(line[len("RESULT "):])
+            figures[name] = json.loads(line[len("RESULT "):])
     return figures
