@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from monai.handlers import CheckpointLoader
 
 from common.data.skip_bad import skipped_cases
 from common.errors import InputDataError, NothingWritten, WeightsUnavailable
@@ -186,9 +187,10 @@ def checked_weights(
 ) -> str:
     """Check the weights an inference or evaluation config is about to load; return ``path``.
 
-    Used as ``CheckpointLoader``'s ``load_path`` (``$common.bundle_utils.checked_weights(@ckpt_path,
-    @network_def, @bundle_root)``), so a problem is reported before any data is read, in one line
-    (``WeightsUnavailable``) that names the file and the command that restores, points at or trains it:
+    Inference configs call it through :class:`CheckedCheckpointLoader`, evaluation configs as their
+    ``CheckpointLoader``'s ``load_path`` (``$common.bundle_utils.checked_weights(@ckpt_path, @network_def,
+    @bundle_root)``), so a problem is reported before any data is read, in one line (``WeightsUnavailable``)
+    that names the file and the command that restores, points at or trains it:
 
     * the file does not exist;
     * it is the bundle's shipped ``models/model.pt`` and its sha256 differs from the one ``metadata.json``
@@ -250,6 +252,53 @@ def checked_weights(
     return str(path)
 
 
+def check_vendored_common(bundle_root: str | os.PathLike) -> None:
+    """Refuse to run an unpacked archive with another copy of `common` than the one it carries.
+
+    An archive (``scripts/package_bundle.py``) holds the `common` code its weights and configs were tested
+    with. Started from another folder without its root on the path, Python would import an installed
+    `common` (another version) or none; the first would run silently on other code.
+
+    Args:
+        bundle_root: the bundle being run.
+
+    Raises:
+        InputDataError: the bundle has its own ``common/`` and the imported package is not it.
+    """
+    import common
+
+    vendored = Path(bundle_root) / "common"
+    if not (vendored / "__init__.py").is_file():
+        return  # a bundle of the repository: it uses the installed package
+    imported = Path(common.__file__).resolve().parent
+    if imported != vendored.resolve():
+        raise InputDataError(
+            vendored,
+            f"this bundle carries its own `common`, but Python imported {imported}; start it with "
+            f"`python {Path(bundle_root)} run --config_file configs/inference.yaml ...` or set PYTHONPATH={Path(bundle_root)}",
+        )
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader``, which first checks the file (:func:`checked_weights`) and the code it runs
+    with (:func:`check_vendored_common`).
+
+    The checks run when the loader is instantiated, so an inference that disables it
+    (``_disabled_: "$not @load_pretrain"``, as ``inference_onnx.yaml`` does) needs no PyTorch weights at all.
+
+    Args:
+        load_path: the checkpoint (``@ckpt_path``).
+        load_dict: what to load, ``{"model": network}``; the file is checked against that network.
+        bundle_root: the bundle being run (its ``metadata.json`` records the shipped weights' sha256).
+        kwargs: the other arguments of ``CheckpointLoader`` (``map_location``, ``strict``, ...).
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".", **kwargs) -> None:
+        check_vendored_common(bundle_root)
+        weights = checked_weights(load_path, load_dict.get("model"), bundle_root)
+        super().__init__(load_path=weights, load_dict=load_dict, **kwargs)
+
+
 def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> torch.nn.Module:
     """Stop gradients for every parameter except those whose name starts with one of ``trainable``.
 
@@ -278,67 +327,6 @@ def freeze(network: torch.nn.Module, trainable: Sequence[str] | str = ()) -> tor
         n_trainable += int(param.requires_grad)
     logger.info("freeze: %d of %d parameter tensors stay trainable (%s)", n_trainable, len(names), prefixes)
     return network
-
-
-class MetricsReport:
-    """Ignite handler that writes an evaluator's metrics to a JSON report when the run completes.
-
-    The report holds every metric in ``engine.state.metrics``, the per-case values of metrics computed
-    with ``save_details`` (e.g. ``MeanDice``), keyed by the case's file name, and the number of cases.
-    Written atomically, so a crash never leaves a half-written report.
-
-    Args:
-        output_file: the JSON file to write.
-        case_key: batch key whose MetaTensor ``filename_or_obj`` names each case (e.g. ``"image"``);
-            ``None`` numbers the cases instead.
-        extra: constant entries to add (model version, data set name, ...).
-    """
-
-    def __init__(self, output_file: str | os.PathLike, case_key: str | None = "image", extra: Mapping | None = None) -> None:
-        self.output_file = Path(output_file)
-        self.case_key = case_key
-        self.extra = dict(extra or {})
-        self._cases: list[str] = []
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_names)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _reset(self, engine) -> None:
-        self._cases = []
-
-    def _collect_names(self, engine) -> None:
-        batch = engine.state.batch
-        items = batch if isinstance(batch, list) else [batch]
-        for item in items:
-            value = item.get(self.case_key) if (self.case_key and isinstance(item, Mapping)) else None
-            meta = getattr(value, "meta", {}) or {}
-            name = meta.get("filename_or_obj")
-            self._cases.append(Path(str(name)).name if name else f"case_{len(self._cases)}")
-
-    def __call__(self, engine) -> None:
-        from common.io.atomic import atomic_write_json
-
-        def _number(value):
-            value = value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1 else value
-            return value.tolist() if hasattr(value, "tolist") else value
-
-        per_case = {}
-        for name, details in (getattr(engine.state, "metric_details", None) or {}).items():
-            rows = details.detach().cpu().tolist() if hasattr(details, "detach") else list(details)
-            names = self._cases if len(self._cases) == len(rows) else [f"case_{i}" for i in range(len(rows))]
-            per_case[name] = dict(zip(names, rows))
-        report = {
-            "metrics": {k: _number(v) for k, v in engine.state.metrics.items()},
-            "per_case": per_case,
-            "num_cases": len(self._cases),
-            **self.extra,
-        }
-        atomic_write_json(self.output_file, report)
-        logger.info("metrics report written to %s", self.output_file)
 
 
 class BatchSummary:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,10 @@ def occlusion_map(
         network, mask_size=mask_size, n_batch=n_batch, verbose=False, mode=mode, overlap=1.0 - stride / mask_size,
         activate=_score,
     )
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # MONAI's sliding-window code indexes with lists (a torch deprecation it has to fix); the maps are right
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                                category=UserWarning)
         occluded, _ = occ(x)
         reference = _score(logits)[0, target]
     return (reference - occluded[0, target]).float().cpu().numpy().astype(np.float32)

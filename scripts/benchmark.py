@@ -29,20 +29,22 @@ import fire
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zoo_tools.benchmarks.harness import child_env, run_in_child  # noqa: E402
+
 # target -> ("module:function", keyword arguments)
 TARGETS: dict[str, tuple[str, dict]] = {
     "synthetic_ct": ("common.synthetic:benchmark_ct", {}),
     "synthetic_xray": ("common.synthetic:benchmark_xray", {}),
-    "lung_ct_segmentation": ("common.segmentation.benchmark:run", {}),
-    "lung_nodule_ct_detection": ("common.detection.benchmark:run", {}),
-    "retina_oct_classification": ("common.classification.benchmark:run", {"bundle": "retina_oct_classification"}),
+    "lung_ct_segmentation": ("zoo_tools.benchmarks.segmentation:run", {}),
+    "lung_nodule_ct_detection": ("zoo_tools.benchmarks.detection:run", {}),
+    "retina_oct_classification": ("zoo_tools.benchmarks.classification:run", {"bundle": "retina_oct_classification"}),
     "pediatric_cxr_pneumonia_classification": (
-        "common.classification.benchmark:run",
+        "zoo_tools.benchmarks.classification:run",
         {"bundle": "pediatric_cxr_pneumonia_classification"},
     ),
-    "cxr_ehr_oxygen_risk": ("common.oxygen.benchmark:run", {}),
+    "cxr_ehr_oxygen_risk": ("zoo_tools.benchmarks.oxygen:run", {}),
     # bad input: peak memory of a batch holding one 12,000 x 12,000 film (pneumonia bundle)
-    "large_film": ("common.classification.benchmark:large_film", {}),
+    "large_film": ("zoo_tools.benchmarks.classification:large_film", {}),
 }
 # targets that are bundles (their training speed is measured too)
 BUNDLE_TARGETS = [t for t in TARGETS if t.split("_")[0] not in ("synthetic", "large")]
@@ -80,36 +82,13 @@ def run_target(module: str, func: str, kwargs: dict, threads: int | None = None)
     affect the next) and return its figures, with the child's peak resident memory added as
     ``process_peak_rss_mib`` (children the target starts itself report their own)."""
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
-    code = (
-        "import json, importlib, inspect, sys\n"
-        f"fn = getattr(importlib.import_module({module!r}), {func!r})\n"
-        f"kwargs = {kwargs!r}\n"
-        "try:\n"
-        f"    if 'threads' in inspect.signature(fn).parameters: kwargs.setdefault('threads', {int(threads)})\n"
-        "except (TypeError, ValueError):\n"
-        "    pass\n"
-        "figures = fn(**kwargs)\n"
-        "from common.demo import peak_rss_mib\n"
-        "figures['process_peak_rss_mib'] = round(peak_rss_mib(), 1)\n"
-        "print('RESULT ' + json.dumps(figures, default=str))\n"
-    )
-    env = _child_env(threads)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
-        else:
-            print(line, flush=True)
-    if result is not None:
-        return result
-    raise RuntimeError(f"{module}:{func} failed (exit code {proc.returncode}); its traceback is above")
+    return run_in_child(f"{module}:{func}", kwargs, threads=threads, echo=True)
 
 
 def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: int = 2) -> dict:
-    """Training iterations/s of ``bundle``'s own train.yaml pipeline (``common.demo.training_speed``), in a
+    """Training iterations/s of ``bundle``'s own train.yaml pipeline (``zoo_tools.demo.training_speed``), in a
     child process so that its peak memory is its own, on the demo's synthetic set (made when missing)."""
-    from common.demo import DEMOS
+    from zoo_tools.demo import DEMOS
 
     demo = DEMOS[bundle]
     data = Path(data_root).resolve() / demo.task
@@ -125,29 +104,15 @@ def measure_training(bundle: str, data_root: str, iterations: int = 8, threads: 
             config.write_text(yaml.safe_dump(demo.synthetic, sort_keys=False))
         start = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), demo.task, "--out", str(data),
-                        "--config", str(config), "--seed", str(demo.seed)], check=True, cwd=REPO, env=_child_env(threads),
+                        "--config", str(config), "--seed", str(demo.seed)], check=True, cwd=REPO, env=child_env(threads),
                        stdout=subprocess.DEVNULL)
         generated_s = round(time.perf_counter() - start, 1)
-    code = (
-        "import json; from common.demo import training_speed; "
-        f"print('RESULT ' + json.dumps(training_speed({bundle!r}, {str(data)!r}, iterations={int(iterations)}, "
-        f"overrides={ {k: v for k, v in demo.train.items() if k not in ('max_epochs', 'val_interval')}!r})))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_child_env(threads), capture_output=True,
-                          text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            figures = json.loads(line[len("RESULT "):])
-            figures["data"] = f"make demo-train's synthetic {demo.task} set" + (f" (generated in {generated_s} s)" if generated_s else "")
-            return figures
-    raise RuntimeError(f"training benchmark of {bundle} failed:\n{proc.stderr[-3000:]}")
-
-
-def _child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
+    overrides = {k: v for k, v in demo.train.items() if k not in ("max_epochs", "val_interval")}
+    figures = run_in_child("zoo_tools.demo:training_speed",
+                           {"bundle": bundle, "dataset_dir": str(data), "iterations": int(iterations), "overrides": overrides},
+                           threads=threads)
+    figures["data"] = f"make demo-train's synthetic {demo.task} set" + (f" (generated in {generated_s} s)" if generated_s else "")
+    return figures
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -57,8 +57,8 @@ def main(
     """
     from tqdm import tqdm
 
-    from common import demo, shipped_demo
     from common.io.atomic import atomic_write_text
+    from zoo_tools import demo, shipped_demo
 
     table = demo.DEMOS if train else shipped_demo.SHIPPED
     if bundles is None:

@@ -1,6 +1,6 @@
 """Export a bundle's network to ONNX and check it against PyTorch on ONNX Runtime.
 
-    python scripts/export_onnx.py --bundle bundles/<name> [--checkpoint P] [--output P] [--report R.json]
+    python scripts/export_onnx.py --bundle bundles/<name> [--ckpt_path P] [--onnx_path P] [--report R.json]
 
 Reads ``bundles/<name>/configs/export_onnx.yaml`` (see docs/deployment.md). Prints a JSON report
 (max_abs_err, max_rel_err, passed, onnx_path, opset, seconds); exits non-zero, naming the outputs and
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(
     bundle: str,
-    checkpoint: str | None = None,
-    output: str | None = None,
+    ckpt_path: str | None = None,
+    onnx_path: str | None = None,
     report: str | None = None,
     allow_random_weights: bool = False,
 ) -> None:
@@ -30,8 +30,8 @@ def main(
 
     Args:
         bundle: the bundle folder, e.g. ``bundles/lung_ct_segmentation``.
-        checkpoint: weights to export (default: export_onnx.yaml `checkpoint`, relative to the bundle).
-        output: the .onnx file (default: export_onnx.yaml `output`, relative to the bundle).
+        ckpt_path: weights to export (default: export_onnx.yaml `ckpt_path`, relative to the bundle).
+        onnx_path: the .onnx file (default: export_onnx.yaml `onnx_path`, relative to the bundle).
         report: optional path of a JSON copy of the report.
         allow_random_weights: export an untrained network when no checkpoint exists (smoke tests).
     """
@@ -41,7 +41,7 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
         result = export_bundle(
-            bundle, checkpoint=checkpoint, output=output, allow_random_weights=allow_random_weights, report_path=report
+            bundle, ckpt_path=ckpt_path, onnx_path=onnx_path, allow_random_weights=allow_random_weights, report_path=report
         )
     except OnnxParityError as e:
         print(f"PARITY CHECK FAILED: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ import fire
 # run as a file (`python scripts/...`): make this checkout's `common` importable first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.deploy import export_triton
+from zoo_tools.triton import export_triton
 
 
 def main(bundle: str, out: str, onnx: str | None = None, checkpoint: str | None = None,

@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fire
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a file: this checkout's packages first
+from zoo_tools import run_bundle  # noqa: E402
+
 BUNDLE = REPO / "bundles" / "lung_ct_segmentation"
 FOLDS_FILE = BUNDLE / "docs" / "lctsc_folds.json"
 STRUCTURES = ("right_lung", "left_lung", "both_lungs")
@@ -76,16 +77,7 @@ def write_datalists(data: str | os.PathLike, out: str | os.PathLike, folds_file:
 
 
 def _bundle_run(configs: list[Path], args: dict, log: Path) -> float:
-    config_arg = str([str(c) for c in configs]) if len(configs) > 1 else str(configs[0])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(BUNDLE)]
-    for key, value in args.items():
-        cmd += [f"--{key}", str(value)]
-    start = time.time()
-    with open(log, "w") as f:
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[3:5])} failed (exit {result.returncode}); see {log}")
-    return time.time() - start
+    return run_bundle(BUNDLE, configs, args, log)
 
 
 def _train(datalist: Path, work: Path, overrides: dict) -> float:

@@ -38,9 +38,7 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +50,8 @@ import numpy as np
 # run as a file (`python scripts/...`): make this checkout's `common` importable first
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from zoo_tools import run_bundle  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "retina_oct_classification"
 FOLDS_FILE = BUNDLE / "docs" / "oct2017_samples48_folds.json"
@@ -203,30 +203,18 @@ def write_datalists(data: str | os.PathLike, out: str | os.PathLike, folds_file:
     return paths
 
 
-def _bundle_run(configs: list[Path], args: dict[str, Any], log: Path) -> float:
-    config_arg = str([str(c) for c in configs]) if len(configs) > 1 else str(configs[0])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(BUNDLE)]
-    for key, value in args.items():
-        cmd += [f"--{key}", str(value)]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[3:6])} failed (exit {result.returncode}); see {log}")
-    return time.time() - start
+def _bundle_run(configs: list[Path], args: dict, log: Path) -> float:
+    return run_bundle(BUNDLE, configs, args, log)
 
 
 def _train(data: Path, datalist: Path, work: Path, overrides: dict[str, Any]) -> float:
-    args = {"dataset_dir": data, "datalist_file": datalist, "ckpt_dir": work / "models",
+    args = {"dataset_dir": data, "datalist": datalist, "ckpt_dir": work / "models",
             "output_dir": work / "train", **SAVE_FINAL, **overrides}
     return _bundle_run([BUNDLE / "configs" / "train.yaml"], args, work / "train.log")
 
 
 def _evaluate(data: Path, datalist: Path, work: Path, checkpoint: Path, n_boot: int) -> list[dict[str, Any]]:
-    args = {"dataset_dir": data, "datalist_file": datalist, "eval_split": "test", "ckpt_path": checkpoint,
+    args = {"dataset_dir": data, "datalist": datalist, "eval_split": "test", "ckpt_path": checkpoint,
             "ckpt_dir": work / "models", "output_dir": work / "eval", "n_boot": n_boot, "num_workers": 0}
     _bundle_run([BUNDLE / "configs" / "train.yaml", BUNDLE / "configs" / "evaluate.yaml"], args, work / "evaluate.log")
     with open(work / "eval" / "predictions.csv", newline="") as f:

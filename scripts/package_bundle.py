@@ -16,7 +16,7 @@ import fire
 # run as a file (`python scripts/...`): make this checkout's `common` importable first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.deploy import package_bundle
+from zoo_tools.packaging import package_bundle
 
 
 def main(bundle: str, out: str | None = None) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 import fire
 
 # run as a file (`python scripts/...`): make this checkout's `common` importable first
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 # layout -> "module:function"; each takes (root, out, **options) and returns the datalist path
 LAYOUTS = {
@@ -30,6 +31,10 @@ LAYOUTS = {
     "oct2017": "common.data.kermany:prepare_oct2017",
     "chestxray2017": "common.data.kermany:prepare_chestxray2017",
     "oxygen_csv": "common.data.oxygen_csv:prepare",
+}
+# options a layout's function needs and this checkout can give: the bundle's own files
+DEFAULT_OPTIONS = {
+    "oxygen_csv": {"feature_spec": str(REPO / "bundles" / "cxr_ehr_oxygen_risk" / "configs" / "ehr_features.yaml")},
 }
 
 
@@ -49,7 +54,7 @@ def main(layout: str, root: str, out: str, **options) -> str:
         raise SystemExit(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     module_name, func_name = LAYOUTS[layout].split(":")
     prepare = getattr(importlib.import_module(module_name), func_name)
-    return str(prepare(root, out, **options))
+    return str(prepare(root, out, **{**DEFAULT_OPTIONS.get(layout, {}), **options}))
 
 
 if __name__ == "__main__":

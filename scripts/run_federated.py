@@ -82,7 +82,7 @@ def main(
         from common.oxygen.federated import build_recipe
 
         recipe = build_recipe(None, None, None, n_sites, rounds, local_epochs, csv_template="encounters.csv",
-                              exclude_vars=exclude_vars, overrides=overrides)
+                              exclude_vars=exclude_vars, overrides=overrides, server_bundle_root=bundle)
         recipe.export(export_job)
         print(f"NVFlare job exported to {export_job}")
         return export_job

@@ -27,7 +27,7 @@ def main(bundle: str | None = None, bundles_dir: str = str(REPO_ROOT / "bundles"
         bundles_dir: folder holding the bundles (default: the repository's ``bundles/``).
         no_network: skip the network input/output shape check.
     """
-    from common.bundle_verify import find_bundles, verify_bundle
+    from zoo_tools.bundle_verify import find_bundles, verify_bundle
 
     targets = [Path(bundle)] if bundle else find_bundles(bundles_dir)
     if not targets:

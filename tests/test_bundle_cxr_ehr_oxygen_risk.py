@@ -173,7 +173,7 @@ def test_duplicate_encounter_ids_are_refused_with_their_rows(tmp_path):
 def test_onnx_export_and_onnx_inference_parity(env):
     from common.export import export_bundle
 
-    report = export_bundle(env["bundle"], checkpoint=_trained(env))
+    report = export_bundle(env["bundle"], ckpt_path=_trained(env))
     assert report["passed"] and (env["bundle"] / "models" / "model.onnx").is_file()
     import onnx
 
@@ -215,6 +215,6 @@ def test_single_modality_modes(env, mode):
 
 
 def test_verify_bundle():
-    from common.bundle_verify import verify_bundle
+    from zoo_tools.bundle_verify import verify_bundle
 
     assert verify_bundle(BUNDLE_SRC) == []

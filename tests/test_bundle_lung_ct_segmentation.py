@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from distributed_utils import run_torchrun
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from common.errors import InputDataError
 
@@ -78,11 +78,10 @@ def pytorch_masks(trained, case_folder, tmp_path_factory) -> Path:
 
 def test_train_writes_a_loadable_checkpoint(trained):
     state = torch.load(trained, map_location="cpu", weights_only=True)
-    parser_net = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.yaml"), workflow_type="infer", bundle_root=str(BUNDLE)
-    )
-    parser_net.initialize()
-    network = parser_net.parser.get_parsed_content("network_def")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    parser["bundle_root"] = str(BUNDLE)
+    network = parser.get_parsed_content("network_def")
     assert set(state) == set(network.state_dict())  # plain state dict, no DDP "module." prefix
     network.load_state_dict(state)
 
@@ -179,7 +178,7 @@ def test_onnx_export_and_inference_match_pytorch(trained, case_folder, pytorch_m
     from common.export import export_bundle
 
     onnx_path = tmp_path / "model.onnx"
-    export_bundle(str(BUNDLE), checkpoint=str(trained), output=str(onnx_path))
+    export_bundle(str(BUNDLE), ckpt_path=str(trained), onnx_path=str(onnx_path))
     nifti_only = tmp_path / "scans"
     nifti_only.mkdir()
     shutil.copy(case_folder / "lung_005.nii.gz", nifti_only)

@@ -21,7 +21,7 @@ from distributed_utils import run_torchrun
 from monai.bundle import ConfigWorkflow
 
 from common.data.luna16 import prepare
-from common.detection.phantom import write_luna16_phantoms
+from zoo_tools.nodule_phantom import write_luna16_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lung_nodule_ct_detection"
@@ -144,7 +144,7 @@ def test_inference_torch_and_onnx_give_the_same_boxes(data, trained, tmp_path):
         )
 
     onnx_path = tmp_path / "model.onnx"
-    report = export_bundle(BUNDLE, checkpoint=ckpt, output=onnx_path)
+    report = export_bundle(BUNDLE, ckpt_path=ckpt, onnx_path=onnx_path)
     assert onnx_path.is_file() and report
     onnx_out = _inference(scans, tmp_path / "onnx", ckpt, onnx_path)
     assert onnx_out.keys() == torch_out.keys()
@@ -180,6 +180,6 @@ def test_multi_gpu_train_under_torchrun_with_two_cpu_processes(data, tmp_path):
 
 
 def test_verifier_passes():
-    from common.bundle_verify import verify_bundle
+    from zoo_tools.bundle_verify import verify_bundle
 
     assert verify_bundle(BUNDLE) == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from common.bundle_utils import MetricsReport, freeze, load_initial_weights, read_state_dict
+from common.bundle_utils import freeze, load_initial_weights, read_state_dict
 from common.errors import InputDataError
 
 
@@ -106,33 +106,6 @@ def test_freeze_keeps_only_the_named_prefixes_trainable():
     assert not any(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError, match="no parameter names start with"):
         freeze(net, trainable=("no_such_layer",))
-
-
-def test_metrics_report_writes_metrics_and_per_case_values(tmp_path):
-    from ignite.engine import Engine, Events
-    from monai.data import MetaTensor
-
-    cases = [{"image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"/data/case{i}.nii.gz"})} for i in range(3)]
-
-    def step(engine, batch):
-        return batch
-
-    engine = Engine(step)
-    engine.state.metric_details = {}
-
-    @engine.on(Events.COMPLETED)
-    def _metrics(e):
-        e.state.metrics = {"val_mean_dice": torch.tensor(0.75)}
-        e.state.metric_details = {"val_mean_dice": torch.tensor([[0.5], [0.75], [1.0]])}
-
-    report = MetricsReport(tmp_path / "eval" / "metrics.json", extra={"model_version": "0.1.0"})
-    report.attach(engine)
-    engine.run([[c] for c in cases], max_epochs=1)
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert written["metrics"] == {"val_mean_dice": 0.75}
-    assert written["num_cases"] == 3
-    assert written["per_case"]["val_mean_dice"] == {"case0.nii.gz": [0.5], "case1.nii.gz": [0.75], "case2.nii.gz": [1.0]}
-    assert written["model_version"] == "0.1.0"
 
 
 def test_checkpoint_dir_never_overwrites_the_starting_or_shipped_weights(tmp_path):

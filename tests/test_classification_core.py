@@ -124,7 +124,7 @@ def test_freeze_backbone_trains_head_only():
 
 def test_prediction_csv_writer_lists_good_and_bad_cases(tmp_path):
     class Skipped:
-        skipped = [("b_bad.png", "cannot be read")]
+        skipped = [{"index": None, "file": "b_bad.png", "problem": "cannot be read"}]
 
     writer = PredictionCSVWriter(cxr_task(), tmp_path / "out.csv", dataset=Skipped())
     writer.probs = [np.array([0.2, 0.5, 0.3]), np.array([0.9, 0.05, 0.05])]

@@ -1,4 +1,4 @@
-"""The demo driver (common/demo.py, scripts/demo.py) with fake steps: reuse, failure isolation, the table.
+"""The demo driver (zoo_tools/demo.py, scripts/demo.py) with fake steps: reuse, failure isolation, the table.
 
 The real demo trains five bundles (minutes); here the commands are replaced by a runner that writes the
 files a step promises, so the driver's logic is checked in seconds.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import demo as d
+from zoo_tools import demo as d
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ def test_bundle_steps_write_only_under_the_output_folder(tmp_path):
                 assert Path(out).is_relative_to(tmp_path), (name, step.name, out)
             # every path-like override of a bundle run points into the output folder or the repository
             for flag, value in zip(step.argv, step.argv[1:]):
-                if flag in ("--ckpt_dir", "--output_dir", "--log_dir", "--dataset_dir", "--output", "--datalist"):
+                if flag in ("--ckpt_dir", "--output_dir", "--log_dir", "--dataset_dir", "--onnx_path", "--datalist"):
                     assert Path(value).is_relative_to(tmp_path), (name, step.name, flag, value)
         train = next(s for s in steps if s.name == "train")
         for key, value in demo.train.items():

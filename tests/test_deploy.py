@@ -17,8 +17,8 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from common.deploy import export_triton, package_bundle, safe_extract
-from common.deploy.triton import ONNX_TO_TRITON
+from zoo_tools.packaging import package_bundle, safe_extract
+from zoo_tools.triton import ONNX_TO_TRITON, export_triton
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "example_bundle"
@@ -55,7 +55,7 @@ def test_triton_repository_for_example_bundle(tmp_path):
 
 
 def test_metadata_type_mismatch_is_refused(tmp_path):
-    from common.deploy import triton_config
+    from zoo_tools.triton import triton_config
 
     model_dir = export_triton(EXAMPLE, tmp_path / "repo", allow_random_weights=True)
     metadata = json.loads((EXAMPLE / "configs" / "metadata.json").read_text())
@@ -74,12 +74,14 @@ def test_triton_repository_for_every_bundle(bundle, tmp_path):
 
 
 def _hidden_repo_launcher(tmp_path: Path) -> Path:
-    """A `python -m monai.bundle` stand-in that can import nothing from this repository.
+    """``python <bundle folder> ...`` with nothing of this repository importable.
 
-    The repository is removed from sys.path and the editable install's finder from sys.meta_path, so
-    `common` can only come from the unpacked archive (the working directory, as with `python -m`).
+    The repository is removed from sys.path and the editable install's finder from sys.meta_path; then the
+    bundle folder (argv[1]) runs as ``python <folder>`` runs it (``runpy.run_path``: its ``__main__.py``, with
+    the folder first on the path), so `common` can only come from the unpacked archive. It prints the
+    `common` the run used when the run ends.
     """
-    launcher = tmp_path / "launcher" / "run_bundle.py"
+    launcher = tmp_path / "launcher" / "python_bundle.py"
     launcher.parent.mkdir()
     launcher.write_text(
         "import os, runpy, sys\n"
@@ -89,28 +91,27 @@ def _hidden_repo_launcher(tmp_path: Path) -> Path:
         "def inside_repo(p):\n"
         "    p = os.path.abspath(p or '.')\n"
         "    return p.startswith(repo) and 'site-packages' not in p  # the venv may live in the checkout\n"
-        "sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:] if not inside_repo(p)]\n"
-        "import common\n"
-        "assert not os.path.abspath(common.__file__).startswith(repo), common.__file__\n"
-        "print('common from', common.__file__)\n"
-        "sys.argv = ['monai.bundle'] + sys.argv[1:]\n"
-        "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)\n"
+        "sys.path[:] = [p for p in sys.path[1:] if not inside_repo(p)]\n"
+        "bundle = sys.argv[1]\n"
+        "sys.argv = [bundle] + sys.argv[2:]\n"
+        "runpy.run_path(bundle, run_name='__main__')\n"
+        "print('common from', sys.modules['common'].__file__)\n"
     )
     return launcher
 
 
-@pytest.mark.slow
-def test_archive_runs_inference_outside_the_repository(tmp_path):
+def _example_archive(tmp_path: Path) -> tuple[Path, Path]:
+    """The example bundle packaged and unpacked, with weights and one input case as a user brings them;
+    returns (bundle folder, data folder)."""
     archive = package_bundle(EXAMPLE, tmp_path / "dist" / "example_bundle.zip")
     names = zipfile.ZipFile(archive).namelist()
     assert "example_bundle/configs/inference.yaml" in names
     assert "example_bundle/common/__init__.py" in names
     assert "example_bundle/common/logging_utils.py" in names  # imported by common/__init__.py
-    assert not any("__pycache__" in n for n in names)
+    assert "example_bundle/__main__.py" in names and "example_bundle/requirements.txt" in names
+    assert not any("__pycache__" in n or "zoo_tools" in n for n in names)
 
-    unpacked = safe_extract(archive, tmp_path / "elsewhere")
-    root = unpacked / "example_bundle"
-    # weights and one input case, as a user would bring them
+    root = safe_extract(archive, tmp_path / "unpacked") / "example_bundle"
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -122,15 +123,47 @@ def test_archive_runs_inference_outside_the_repository(tmp_path):
     data.mkdir(parents=True)
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(36, 40, 32)).astype(np.float32),
                              np.diag([1.5, 1.5, 2.0, 1.0])), data / "case.nii.gz")
+    return root, data.parent
 
+
+@pytest.mark.slow
+def test_archive_runs_inference_from_any_folder_with_its_own_common(tmp_path):
+    root, data = _example_archive(tmp_path)
+    elsewhere = tmp_path / "some" / "other" / "folder"
+    elsewhere.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [sys.executable, str(_hidden_repo_launcher(tmp_path)), "run", "--config_file", "configs/inference.yaml",
-           "--bundle_root", ".", "--dataset_dir", str(data.parent), "--output_dir", str(tmp_path / "out")]
-    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, str(_hidden_repo_launcher(tmp_path)), str(root), "run",
+           "--config_file", "configs/inference.yaml", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"common from {root}" in result.stdout
+    assert f"common from {root / 'common' / '__init__.py'}" in result.stdout
     out = nib.load(tmp_path / "out" / "case_seg.nii.gz")
     assert out.shape == (36, 40, 32)
+
+
+@pytest.mark.slow
+def test_archive_refuses_another_common(tmp_path):
+    """`python -m monai.bundle run` from another folder would import this repository's `common` (installed in
+    the test environment): refused in one line, never run silently on other code."""
+    root, data = _example_archive(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.yaml"),
+           "--bundle_root", str(root), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith(f"error: {root / 'common'}: this bundle carries its own `common`"), last
+    assert not (tmp_path / "out" / "case_seg.nii.gz").exists()
+
+
+def test_archive_requirements_pin_what_the_code_imports():
+    from zoo_tools.packaging import requirements_text
+
+    for bundle in BUNDLES:
+        lines = [line for line in requirements_text(bundle).splitlines() if not line.startswith("#")]
+        pins = dict(line.split("==") for line in lines)
+        assert pins["torch"] == "2.13.0" and "monai" in pins and "numpy" in pins
+        assert "scipy" in pins and "pytorch-ignite" in pins, (bundle, pins)
 
 
 def test_safe_extract_refuses_paths_outside_target(tmp_path):
@@ -154,3 +187,58 @@ def test_safe_extract_refuses_symlinks(tmp_path):
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(ValueError, match="symbolic link"):
         safe_extract(archive, tmp_path / "target")
+
+
+@pytest.fixture(scope="module")
+def archive_inputs(tmp_path_factory) -> dict[str, Path]:
+    """One small input per kind of bundle: a chest CT phantom (NIfTI) and a 256 x 256 film with its CSV."""
+    from PIL import Image
+
+    from common.synthetic.ct_phantom import generate_lung_ct
+    from zoo_tools.shipped_demo import write_oxygen_csv
+
+    root = tmp_path_factory.mktemp("archive_inputs")
+    generate_lung_ct(root / "ct_set", {"num_train": 0, "num_val": 0, "num_test": 1, "write_mhd": False,
+                                       "phantom": {"matrix": 128, "slice_spacing_mm": [4.0, 4.0], "table": True}}, seed=3)
+    scans = root / "ct"
+    scans.mkdir()
+    case = sorted((root / "ct_set" / "imagesTs").glob("*.nii.gz"))[0]
+    case.rename(scans / case.name)
+    films = root / "films"
+    films.mkdir()
+    yy, xx = np.mgrid[0:256, 0:256]
+    film = (128 + 100 * np.sin(xx / 17.0) * np.cos(yy / 23.0)).astype(np.uint8)
+    Image.fromarray(film).save(films / "film.png")
+    write_oxygen_csv(films / "film.png", root / "encounters")
+    return {"ct": scans, "film": films, "csv": root / "encounters"}
+
+
+# bundle -> (input kind, extra overrides, an output the run must write)
+ARCHIVE_RUNS = {
+    "lung_ct_segmentation": ("ct", [], "*_seg.nii.gz"),
+    "lung_nodule_ct_detection": ("ct", ["--test_time_flips", "false"], "*_nodules.json"),
+    "retina_oct_classification": ("film", [], "predictions.csv"),
+    "pediatric_cxr_pneumonia_classification": ("film", [], "predictions.csv"),
+    "cxr_ehr_oxygen_risk": ("csv", [], "predictions.csv"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ARCHIVE_RUNS))
+def test_every_bundle_archive_runs_from_tmp_without_the_repository(name, archive_inputs, tmp_path):
+    """Each bundle's archive, unpacked outside the repository and started from another folder with nothing of
+    the repository importable, runs its inference.yaml on its shipped weights with its own `common`."""
+    kind, overrides, output = ARCHIVE_RUNS[name]
+    root = safe_extract(package_bundle(REPO / "bundles" / name, tmp_path / f"{name}.zip"), tmp_path / "unpacked") / name
+    assert (root / "models" / "model.pt").is_file() and (root / "requirements.txt").is_file()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "2"
+    cmd = [sys.executable, str(_hidden_repo_launcher(tmp_path)), str(root), "run",
+           "--config_file", "configs/inference.yaml", "--dataset_dir", str(archive_inputs[kind]),
+           "--output_dir", str(tmp_path / "out"), *overrides]
+    result = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"common from {root / 'common' / '__init__.py'}" in result.stdout
+    assert list((tmp_path / "out").glob(output)), result.stdout[-2000:] + result.stderr[-2000:]

@@ -11,9 +11,9 @@ import torch
 from monai.data import MetaTensor
 
 from common.data.luna16 import build_datalist, load_datalist, prepare, read_annotations
-from common.detection.phantom import make_nodule_phantom, write_luna16_phantoms
 from common.detection.transforms import CropToLungsd, DatalistBoxesd, lung_bounding_box
 from common.errors import InputDataError
+from zoo_tools.nodule_phantom import make_nodule_phantom, write_luna16_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def test_missing_checkpoint_is_an_error_unless_random_weights_allowed(bundle):
 
     with pytest.raises(InputDataError, match="model.pt"):
         export_bundle(bundle)
-    report = export_bundle(bundle, output=bundle / "random.onnx", allow_random_weights=True)
+    report = export_bundle(bundle, onnx_path=bundle / "random.onnx", allow_random_weights=True)
     assert report["passed"] and report["checkpoint"] is None
 
 
@@ -215,7 +215,7 @@ def test_config_errors_are_clear(tmp_path):
 def test_export_cli_prints_a_json_report(bundle, tmp_path):
     out = tmp_path / "cli.onnx"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_onnx.py"), "--bundle", str(bundle), "--output", str(out), "--allow_random_weights"],
+        [sys.executable, str(REPO / "scripts" / "export_onnx.py"), "--bundle", str(bundle), "--onnx_path", str(out), "--allow_random_weights"],
         capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -248,7 +248,7 @@ def test_wrapper_from_export_config(bundle):
         parity_shapes=[[2, 1, 32, 32, 32]],
     )
     cfg_path.write_text(yaml.safe_dump(cfg))
-    report = export_bundle(bundle, output=bundle / "wrapped.onnx", allow_random_weights=True)
+    report = export_bundle(bundle, onnx_path=bundle / "wrapped.onnx", allow_random_weights=True)
     assert report["passed"] and set(report["checks"][0]["outputs"]) == {"prob", "label"}
     prob, label = OnnxRuntimeNetwork(bundle / "wrapped.onnx")(torch.rand(1, 1, 32, 32, 32))
     assert prob.shape == (1, 2, 32, 32, 32) and torch.allclose(prob.sum(1), torch.ones(1, 32, 32, 32), atol=1e-5)

@@ -68,7 +68,7 @@ def test_exported_job_is_site_independent(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     recipe = build_recipe(None, None, None, n_clients=3, num_rounds=5, csv_template="encounters.csv",
-                          exclude_vars=SHARE_PRESETS["no_ehr"], overrides={"image_size": 96})
+                          exclude_vars=SHARE_PRESETS["no_ehr"], overrides={"image_size": 96}, server_bundle_root=BUNDLE)
     recipe.export(str(tmp_path / "job"))
     client = json.loads(next((tmp_path / "job").rglob("config_fed_client.json")).read_text())
     args = client["executors"][0]["executor"]["args"]

@@ -33,7 +33,7 @@ def test_defaults_are_the_shipped_recipe():
     train, infer = ConfigParser(), ConfigParser()
     train.read_config(str(CONFIGS / "train.yaml"))
     infer.read_config(str(CONFIGS / "inference.yaml"))
-    for key in ("spacing", "base_anchor_shapes", "feature_map_scales", "hu_min", "hu_max"):
+    for key in ("spacing", "base_anchor_shapes", "feature_map_scales", "hu_window"):
         assert train[key] == infer[key], key
     assert train["spacing"] == [2.5, 2.5, 2.5] and train["base_anchor_shapes"] == [[2, 2, 2], [4, 4, 4]]
     recipe = yaml.safe_load((BUNDLE / "docs" / "recipe_1.5mm.yaml").read_text())

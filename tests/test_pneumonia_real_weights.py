@@ -57,7 +57,7 @@ def _inference_network() -> torch.nn.Module:
 def test_onnx_export_of_the_shipped_weights_passes_parity(tmp_path):
     from common.export import export_bundle
 
-    report = export_bundle(BUNDLE, checkpoint=WEIGHTS, output=tmp_path / "model.onnx")
+    report = export_bundle(BUNDLE, ckpt_path=WEIGHTS, onnx_path=tmp_path / "model.onnx")
     assert report["passed"] and (tmp_path / "model.onnx").is_file()
 
 

@@ -1,4 +1,4 @@
-"""`make demo` (common/shipped_demo.py): the shipped weights of every bundle on data the demo generates.
+"""`make demo` (zoo_tools/shipped_demo.py): the shipped weights of every bundle on data the demo generates.
 
 The commands are replaced by a runner that writes the files a step promises, as in tests/test_demo.py,
 so the driver's logic is checked in seconds; `make demo` itself runs the real commands.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common import demo as d
-from common import shipped_demo as s
+from zoo_tools import demo as d
+from zoo_tools import shipped_demo as s
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +31,13 @@ def test_steps_use_the_shipped_weights_and_write_only_under_the_output_folder(tm
     weights = str(REPO / "bundles" / name / "models" / "model.pt")
     # evaluation and export name the shipped file; inference runs as on a fresh clone, with no override
     assert _flag(by_name["evaluate"].argv, "--ckpt_path") == weights
-    assert _flag(by_name["export"].argv, "--checkpoint") == weights
-    assert not {"--ckpt_path", "--checkpoint", "--ckpt_dir"} & set(by_name["inference"].argv)
+    assert _flag(by_name["export"].argv, "--ckpt_path") == weights
+    assert not {"--ckpt_path", "--ckpt_dir"} & set(by_name["inference"].argv)
     for step in steps:
         for out in step.outputs:
             assert Path(out).is_relative_to(tmp_path), (step.name, out)
         for flag, value in zip(step.argv, step.argv[1:]):
-            if flag in ("--ckpt_dir", "--output_dir", "--log_dir", "--dataset_dir", "--output", "--datalist", "--out"):
+            if flag in ("--ckpt_dir", "--output_dir", "--log_dir", "--dataset_dir", "--onnx_path", "--datalist", "--out"):
                 assert Path(value).is_relative_to(tmp_path), (step.name, flag, value)
     # a changed weights file reruns every step after the data
     assert all("weights=" in step.fingerprint for step in steps[1:])

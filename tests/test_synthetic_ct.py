@@ -465,6 +465,17 @@ def test_make_synthetic_cli_with_yaml_config(tmp_path):
     assert len(list((out / "imagesTs").glob("*.nii.gz"))) == 1
 
 
+def test_make_synthetic_cli_lists_its_tasks():
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    script = str(REPO / "scripts" / "make_synthetic.py")
+    listed = subprocess.run([sys.executable, script, "list"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+        "lung_ct", "nodules", "pneumonia_cxr", "oct", "oxygen_risk"]
+    no_out = subprocess.run([sys.executable, script, "oct"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert no_out.returncode != 0 and "--out DIR" in no_out.stderr
+
+
 def test_parallel_workers_give_identical_files(tmp_path):
     cfg = {"num_train": 2, "num_val": 0, "num_test": 1, "dicom_cases": "all", "phantom": {"matrix": 32, "slice_spacing_mm": [8.0, 8.0]}}
     serial = generate_lung_ct(tmp_path / "serial", config=cfg, seed=6)

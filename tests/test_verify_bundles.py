@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.bundle_verify import _smallest_shape, eval_size, find_bundles, verify_bundle
+from zoo_tools.bundle_verify import _smallest_shape, eval_size, find_bundles, verify_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "example_bundle"
@@ -184,9 +184,73 @@ def test_expression_name_without_import(bundle):
     assert "add `$import common`" in problem
 
 
-def test_onnx_inference_keeping_the_checkpoint_loader(bundle):
-    _edit_yaml(bundle / "configs" / "inference_onnx.yaml", lambda c: c.pop("handlers"))
-    _one(verify_bundle(bundle, check_network=False), "inference.yaml + inference_onnx.yaml", "CheckpointLoader")
+# ---- the config contract (docs/architecture.md): each rule broken once in a copy of the example bundle
+def test_contract_alias_id(bundle):
+    def edit(config):
+        config["seed"] = config.pop("split_seed", 0)
+
+    _edit_yaml(bundle / "configs" / "train.yaml", edit)
+    _one(verify_bundle(bundle, check_network=False), "train.yaml", "'seed'", "'split_seed'")
+
+
+def test_contract_required_id(bundle):
+    def edit(config):
+        config["checkpoint_file"] = config.pop("ckpt_path")
+        config["checkpointloader"]["load_path"] = "@checkpoint_file"
+
+    _edit_yaml(bundle / "configs" / "inference.yaml", edit)
+    _one(verify_bundle(bundle, check_network=False), "inference.yaml", "lacks the contract's ids", "ckpt_path")
+
+
+def test_contract_weights_load_in_initialize(bundle):
+    def edit(config):
+        loader = config.pop("checkpointloader")
+        loader.pop("_disabled_")
+        config["handlers"].insert(0, loader)
+        config["initialize"] = config["initialize"][:1]
+
+    _edit_yaml(bundle / "configs" / "inference.yaml", edit)
+    problems = verify_bundle(bundle, check_network=False)
+    _one(problems, "inference.yaml", "CheckpointLoader in `handlers`")
+    _one(problems, "inference.yaml", "checkpointloader")
+
+
+def test_contract_loader_behind_load_pretrain(bundle):
+    _edit_yaml(bundle / "configs" / "inference.yaml", lambda c: c["checkpointloader"].pop("_disabled_"))
+    _one(verify_bundle(bundle, check_network=False), "inference.yaml", "_disabled_", "load_pretrain")
+
+
+def test_contract_onnx_config_only_swaps_the_network(bundle):
+    def edit(config):
+        config["handlers"] = [{"_target_": "StatsHandler", "iteration_log": False}]
+        config["load_pretrain"] = True
+
+    _edit_yaml(bundle / "configs" / "inference_onnx.yaml", edit)
+    problems = verify_bundle(bundle, check_network=False)
+    _one(problems, "inference_onnx.yaml", "overrides ['handlers']")
+    _one(problems, "inference_onnx.yaml", "load_pretrain must be false")
+
+
+def test_contract_onnx_network_reads_onnx_path(bundle):
+    _edit_yaml(bundle / "configs" / "inference_onnx.yaml",
+               lambda c: c["network"].update(model_path="$@bundle_root + '/models/model.onnx'"))
+    _one(verify_bundle(bundle, check_network=False), "inference_onnx.yaml", "@onnx_path")
+
+
+def test_contract_multi_gpu_device_from_local_rank(bundle):
+    _edit_yaml(bundle / "configs" / "multi_gpu_train.yaml",
+               lambda c: c.update(device="$torch.device(f'cuda:{dist.get_rank()}')"))
+    _one(verify_bundle(bundle, check_network=False), "multi_gpu_train.yaml", "LOCAL_RANK")
+
+
+def test_contract_export_config_ids(bundle):
+    def edit(config):
+        config["checkpoint"] = config.pop("ckpt_path")
+
+    _edit_yaml(bundle / "configs" / "export_onnx.yaml", edit)
+    problems = verify_bundle(bundle, check_network=False)
+    _one(problems, "export_onnx.yaml", "'checkpoint'", "'ckpt_path'")
+    _one(problems, "export_onnx.yaml", "lacks the contract's ids", "ckpt_path")
 
 
 def test_submodule_used_but_never_imported(bundle):
@@ -233,7 +297,7 @@ def test_shipped_weights_need_large_files_yml(bundle):
 def test_pred_for_monai_tools_is_checked_on_network_def_packed(tmp_path):
     # the detector's network_def returns 9 maps (ONNX outputs); `pred`, what MONAI's verify_net_in_out reads,
     # comes from network_def_packed, and a wrong description of it or a missing id is reported
-    from common.bundle_verify import check_network_io
+    from zoo_tools.bundle_verify import check_network_io
 
     source = REPO / "bundles" / "lung_nodule_ct_detection"
     bundle = Path(shutil.copytree(source, tmp_path / "det", ignore=shutil.ignore_patterns("models", "eval", "runs")))

@@ -38,10 +38,22 @@ def _parser(bundle: str, files: list[str], **overrides) -> ConfigParser:
 def test_inference_and_evaluation_refuse_missing_weights(bundle, tmp_path):
     missing = str(tmp_path / "no_such_model.pt")
     with pytest.raises(WeightsUnavailable, match="no_such_model.pt: weights file not found"):
-        _parser(bundle, ["inference.yaml"], ckpt_path=missing).get_parsed_content("handlers")
+        _parser(bundle, ["inference.yaml"], ckpt_path=missing).get_parsed_content("checkpointloader")
     evaluate = _parser(bundle, ["train.yaml", "evaluate.yaml"], ckpt_path=missing)
     with pytest.raises(WeightsUnavailable, match="no_such_model.pt: weights file not found"):
         evaluate.get_parsed_content("validate#handlers")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_onnx_inference_needs_no_pytorch_weights(bundle, tmp_path):
+    """inference_onnx.yaml sets load_pretrain false: the checkpoint loader is disabled, so a deployment with
+    model.onnx alone runs (the loader would refuse the missing model.pt)."""
+    absent = str(tmp_path / "absent.pt")
+    onnx = _parser(bundle, ["inference.yaml", "inference_onnx.yaml"], ckpt_path=absent)
+    onnx["network"] = "$torch.nn.Identity()"  # stands in for the ONNX Runtime session (no model.onnx here)
+    assert onnx.get_parsed_content("checkpointloader") is None
+    with pytest.raises(WeightsUnavailable):
+        _parser(bundle, ["inference.yaml"], ckpt_path=absent).get_parsed_content("checkpointloader")
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -49,7 +61,7 @@ def test_inference_refuses_weights_of_another_network(bundle, tmp_path):
     other = tmp_path / "other.pt"
     torch.save({"layer.weight": torch.zeros(2, 2)}, other)
     with pytest.raises(WeightsUnavailable, match="does not fit this network"):
-        _parser(bundle, ["inference.yaml"], ckpt_path=str(other)).get_parsed_content("handlers")
+        _parser(bundle, ["inference.yaml"], ckpt_path=str(other)).get_parsed_content("checkpointloader")
 
 
 def test_command_line_prints_one_line_and_exits_1(tmp_path):
@@ -83,7 +95,7 @@ def test_inference_refuses_a_damaged_shipped_file(tmp_path):
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     parser["bundle_root"] = str(bundle)
     with pytest.raises(WeightsUnavailable, match="sha256 differs") as info:
-        parser.get_parsed_content("handlers")
+        parser.get_parsed_content("checkpointloader")
     assert "git checkout --" in str(info.value)
 
 
@@ -122,7 +134,7 @@ def test_explain_config_checks_its_weights_in_a_fresh_interpreter(bundle, tmp_pa
         "p['bundle_root'] = root\n"
         f"p['ckpt_path'] = {str(tmp_path / 'gone.pt')!r}\n"
         "try:\n"
-        "    p.get_parsed_content('handlers')\n"
+        "    p.get_parsed_content('checkpointloader')\n"
         "except WeightsUnavailable:\n"
         "    sys.exit(0)\n"
         "sys.exit(3)\n"

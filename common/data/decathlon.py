@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from monai.data import load_decathlon_datalist
 
 from common.errors import InputDataError
 from common.io.atomic import atomic_write_json
@@ -142,12 +141,6 @@ def load_datalist(
                 if field in item and not Path(item[field]).exists():
                     raise InputDataError(item[field], f"listed in {source} ({key}) but does not exist")
     return items
-
-
-def decathlon_datalist(root: str | os.PathLike, key: str = "training") -> list[dict]:
-    """MONAI's ``load_decathlon_datalist`` on ``root/dataset.json`` (or ``root`` if it is a JSON file)."""
-    path = Path(root)
-    return load_decathlon_datalist(path / "dataset.json" if path.is_dir() else path, True, key)
 
 
 def prepare(

@@ -232,8 +232,8 @@ def load_split(
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
+    feature_spec: str | os.PathLike,
     csv_name: str = "encounters.csv",
-    feature_spec: str | os.PathLike = "bundles/cxr_ehr_oxygen_risk/configs/ehr_features.yaml",
     val_fraction: float = 0.15,
     test_fraction: float = 0.25,
 ) -> Path:
@@ -244,8 +244,9 @@ def prepare(
     Args:
         root: the data set folder (holding ``csv_name``) or the CSV itself.
         out: datalist JSON to write.
+        feature_spec: the bundle's EHR feature spec (YAML with a ``features`` list of ``name`` entries), e.g.
+            the bundle's ``configs/ehr_features.yaml``.
         csv_name: CSV inside ``root``.
-        feature_spec: the bundle's EHR feature spec (YAML with a ``features`` list of ``name`` entries).
         val_fraction: validation fraction when the CSV has no ``split`` column.
         test_fraction: test fraction when the CSV has no ``split`` column.
 

@@ -115,9 +115,6 @@ def skipped_cases(dataset: Any) -> list[dict[str, Any]]:
     data = getattr(dataset, "data", None)
     cases = []
     for record in getattr(dataset, "skipped", None) or []:
-        if not isinstance(record, Mapping):  # (file, problem) pairs of older callers
-            cases.append({"index": None, "file": str(record[0]), "problem": str(record[1])})
-            continue
         index, file = record.get("index"), record.get("file")
         if not file and data is not None and index is not None and index < len(data):
             file = data[index].get("image", "")

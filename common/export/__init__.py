@@ -1,6 +1,6 @@
 """ONNX export with a parity check on ONNX Runtime, and an ONNX Runtime network for MONAI inferers.
 
-    python scripts/export_onnx.py --bundle bundles/<name> [--checkpoint P] [--output P]
+    python scripts/export_onnx.py --bundle bundles/<name> [--ckpt_path P] [--onnx_path P]
 """
 
 from common.export.onnx_export import (

@@ -3,8 +3,8 @@
 A bundle describes its export in ``configs/export_onnx.yaml``::
 
     network_config: inference.yaml   # config (relative to configs/) whose `network_def` is exported
-    checkpoint: models/model.pt      # relative to bundle_root (--checkpoint overrides)
-    output: models/model.onnx        # relative to bundle_root (--output overrides)
+    ckpt_path: models/model.pt       # relative to bundle_root (--ckpt_path overrides)
+    onnx_path: models/model.onnx     # relative to bundle_root (--onnx_path overrides)
     opset: 18
     wrapper: null                    # optional "module.Class", called as Wrapper(network)
     inputs:                          # in forward() argument order
@@ -386,13 +386,13 @@ def load_export_config(bundle_root: str | os.PathLike) -> dict[str, Any]:
         raise ExportConfigError(f"{path}: not found; every bundle needs configs/export_onnx.yaml")
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
-    missing = [k for k in ("network_config", "output", "inputs", "outputs") if k not in cfg]
+    missing = [k for k in ("network_config", "onnx_path", "inputs", "outputs") if k not in cfg]
     if missing:
         raise ExportConfigError(f"{path}: missing keys {missing}")
     for spec in cfg["inputs"]:
         if not isinstance(spec, Mapping) or "name" not in spec or "shape" not in spec:
             raise ExportConfigError(f"{path}: each of `inputs` needs `name` and `shape`, got {spec!r}")
-    cfg.setdefault("checkpoint", None)
+    cfg.setdefault("ckpt_path", None)
     cfg.setdefault("opset", 18)
     cfg.setdefault("wrapper", None)
     cfg.setdefault("dynamic_axes", {})
@@ -437,7 +437,7 @@ def load_checkpoint_into(network: torch.nn.Module, checkpoint: str | os.PathLike
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise InputDataError(path, "checkpoint not found (train the bundle or pass --checkpoint)")
+        raise InputDataError(path, "checkpoint not found (train the bundle or pass --ckpt_path)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict", "network"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
@@ -452,8 +452,8 @@ def load_checkpoint_into(network: torch.nn.Module, checkpoint: str | os.PathLike
 
 def export_bundle(
     bundle_root: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
-    output: str | os.PathLike | None = None,
+    ckpt_path: str | os.PathLike | None = None,
+    onnx_path: str | os.PathLike | None = None,
     allow_random_weights: bool = False,
     report_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -461,8 +461,8 @@ def export_bundle(
 
     Args:
         bundle_root: the bundle folder.
-        checkpoint: weights to export (default: ``checkpoint`` of export_onnx.yaml, relative to the bundle).
-        output: the ``.onnx`` file (default: ``output`` of export_onnx.yaml, relative to the bundle).
+        ckpt_path: weights to export (default: ``ckpt_path`` of export_onnx.yaml, relative to the bundle).
+        onnx_path: the ``.onnx`` file (default: ``onnx_path`` of export_onnx.yaml, relative to the bundle).
         allow_random_weights: export the freshly initialised network when there is no checkpoint (for
             tests and for checking that a network exports at all); otherwise a missing checkpoint is an error.
         report_path: optional JSON file for the report (written atomically).
@@ -474,15 +474,15 @@ def export_bundle(
 
     root = Path(bundle_root)
     cfg = load_export_config(root)
-    ckpt = checkpoint if checkpoint is not None else cfg.get("checkpoint")
-    # --checkpoint is relative to the working directory, export_onnx.yaml's `checkpoint` to the bundle
-    ckpt_path = None if not ckpt else (Path(ckpt) if checkpoint is not None else root / ckpt)
-    if ckpt_path is not None and not ckpt_path.is_file() and allow_random_weights:
-        ckpt_path = None
-    if ckpt_path is None:
+    ckpt = ckpt_path if ckpt_path is not None else cfg.get("ckpt_path")
+    # --ckpt_path is relative to the working directory, export_onnx.yaml's `ckpt_path` to the bundle
+    weights = None if not ckpt else (Path(ckpt) if ckpt_path is not None else root / ckpt)
+    if weights is not None and not weights.is_file() and allow_random_weights:
+        weights = None
+    if weights is None:
         logger.warning("exporting %s with randomly initialised weights (no checkpoint)", root.name)
-    network = build_bundle_network(root, cfg, checkpoint=ckpt_path)
-    out = Path(output) if output is not None else root / cfg["output"]
+    network = build_bundle_network(root, cfg, checkpoint=weights)
+    out = Path(onnx_path) if onnx_path is not None else root / cfg["onnx_path"]
     report = export_network(
         network,
         out,
@@ -494,7 +494,7 @@ def export_bundle(
         tolerance=cfg["tolerance"],
         exporter=cfg["exporter"],
     )
-    report["checkpoint"] = None if ckpt_path is None else str(ckpt_path)
+    report["checkpoint"] = None if weights is None else str(weights)
     if report_path:
         atomic_write_json(report_path, report)
     return report

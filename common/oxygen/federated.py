@@ -17,7 +17,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CLIENT_SCRIPT = Path(__file__).with_name("fl_client.py")
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cxr_ehr_oxygen_risk"
 # presets of weights kept local (never shared, never averaged), as regular expressions on state-dict keys
 SHARE_PRESETS = {
     "all": "",
@@ -56,12 +55,13 @@ def build_recipe(
     exclude_vars: str = "",
     overrides: dict | None = None,
     name: str = "cxr_ehr_oxygen_risk_fedavg",
+    server_bundle_root: str | os.PathLike | None = None,
 ):
     """NVFlare ``FedAvgRecipe`` running the bundle's train config at every site.
 
     Args:
         bundle_root: the bundle folder (used for the server's model too). None: each site's
-            ``$O2_BUNDLE_ROOT`` (the server then needs ``overrides``-free defaults of this checkout's bundle).
+            ``$O2_BUNDLE_ROOT``; the server's model then comes from ``server_bundle_root``.
         dataset_dir: each site's data folder (in the simulator one folder holds every site's CSV); None:
             each site's ``$O2_DATASET_DIR`` (a real deployment: the path differs per hospital).
         work_dir: where the sites write checkpoints and logs (``work_dir/<site>/``); None: ``$O2_WORK_DIR``.
@@ -72,6 +72,8 @@ def build_recipe(
         exclude_vars: regular expression of weights kept local (see ``SHARE_PRESETS``); "" shares all.
         overrides: train.yaml overrides applied at every site (e.g. ``{"image_size": 96}``).
         name: job name.
+        server_bundle_root: the bundle whose ``network_def`` (with ``overrides``) gives the server's model;
+            default ``bundle_root``. Needed when ``bundle_root`` is None.
 
     Returns:
         the recipe (``recipe.run(SimEnv(...))``, ``recipe.export(job_dir)``).
@@ -81,7 +83,10 @@ def build_recipe(
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 
     overrides = dict(overrides or {})
-    model_args = network_args(bundle_root or DEFAULT_BUNDLE, overrides)
+    model_bundle = server_bundle_root or bundle_root
+    if model_bundle is None:
+        raise ValueError("build_recipe needs bundle_root or server_bundle_root (the bundle that defines the server's model)")
+    model_args = network_args(model_bundle, overrides)
     paths = {"--bundle_root": bundle_root, "--dataset_dir": dataset_dir, "--work_dir": work_dir}
     words = [
         *[w for flag, p in paths.items() if p is not None for w in (flag, str(Path(p).resolve()))],

@@ -16,8 +16,8 @@ Per bundle, each step a subprocess running the bundle's own configs (what a user
    a handful of real ChestXRay2017 films when ``../shared/data`` holds them.
 
 Everything is written under the output folder; nothing under ``bundles/`` is touched. Steps are reused as
-in ``common.demo`` (the same runner): a step whose command, configs and weights are unchanged and whose
-outputs exist is not run again. Training every bundle from scratch is ``make demo-train`` (``common.demo``).
+in ``zoo_tools.demo`` (the same runner): a step whose command, configs and weights are unchanged and whose
+outputs exist is not run again. Training every bundle from scratch is ``make demo-train`` (``zoo_tools.demo``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from typing import Any
 
 import yaml
 
-from common.demo import (
-    DEMOS,
+from zoo_tools.demo import (
     LUNG_SEG,
     PNEUMONIA,
     REPO,
@@ -265,12 +264,12 @@ def shipped_steps(
              [str(work / "inference" / p) for p in demo.inference_outputs],
              prepare=prepare_inputs, clean=[str(work / "inference")]),
         Step(b, "export",
-             [python, "scripts/export_onnx.py", "--bundle", f"bundles/{b}", "--checkpoint", str(weights),
-              "--output", str(onnx), "--report", str(work / "export_report.json")],
+             [python, "scripts/export_onnx.py", "--bundle", f"bundles/{b}", "--ckpt_path", str(weights),
+              "--onnx_path", str(onnx), "--report", str(work / "export_report.json")],
              [str(onnx), str(work / "export_report.json")]),
         Step(b, "onnx_inference",
              bundle_run_argv(["inference.yaml", "inference_onnx.yaml"], b,
-                         {**inputs, "output_dir": str(work / "onnx_inference"), DEMOS[b].onnx_id: str(onnx),
+                         {**inputs, "output_dir": str(work / "onnx_inference"), "onnx_path": str(onnx),
                           **demo.inference}, python),
              [str(work / "onnx_inference" / p) for p in demo.inference_outputs],
              prepare=prepare_inputs, clean=[str(work / "onnx_inference")]),

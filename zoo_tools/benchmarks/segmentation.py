@@ -1,7 +1,7 @@
 """Speed and memory of the lung segmentation bundle on a full-size chest CT, PyTorch and ONNX Runtime.
 
     python scripts/benchmark.py lung_ct_segmentation
-    python -m common.segmentation.benchmark            # the same figures, printed
+    python -m zoo_tools.benchmarks.segmentation            # the same figures, printed
 
 A 512 x 512 x 150 chest CT phantom (about 0.75 x 0.75 x 2 mm, int16 HU NIfTI; ``shape`` and
 ``slice_spacing_mm`` change it) is made with
@@ -18,16 +18,16 @@ import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "bundles" / "lung_ct_segmentation"
+from zoo_tools import BUNDLES
+from zoo_tools.benchmarks.harness import peak_rss_mib, run_in_child
+
+BUNDLE = BUNDLES / "lung_ct_segmentation"
 
 
 def make_benchmark_scan(
@@ -66,19 +66,6 @@ def make_benchmark_scan(
     return Path(path), tuple(float(x) for x in phantom.spacing)
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM).
-
-    ``getrusage``'s ``ru_maxrss`` is kept across ``fork``/``execve``, so a child would report the
-    parent's size at the fork (here: the parent that drew the phantom); VmHWM starts afresh with the
-    new program.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _child(config_files: list[str], bundle_root: str, dataset_dir: str, output_dir: str, overrides: dict) -> dict:
     """Run the inference workflow in this process and return its timings and peak memory."""
     import torch
@@ -110,28 +97,13 @@ def _child(config_files: list[str], bundle_root: str, dataset_dir: str, output_d
         "setup_s": setup_s,
         "per_scan_s": per_scan,
         "cpu_s_per_scan": cpu_per_scan,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def _run_child(args: dict, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    code = (
-        "import json, sys; from common.segmentation.benchmark import _child; "
-        "print('@@RESULT@@' + json.dumps(_child(**json.loads(sys.argv[1]))))"
-    )
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@"))
-    result = json.loads(line[len("@@RESULT@@"):])
-    result["process_wall_s"] = wall
-    return result
+    return run_in_child("zoo_tools.benchmarks.segmentation:_child", args, threads=threads)
 
 
 def _weights(bundle: Path, work: Path) -> tuple[Path, str]:
@@ -203,7 +175,7 @@ def run(
             from common.export import export_bundle
 
             onnx_path = scratch / "model.onnx"
-            export_bundle(str(bundle), checkpoint=str(ckpt), output=str(onnx_path))
+            export_bundle(str(bundle), ckpt_path=str(ckpt), onnx_path=str(onnx_path))
             configs["onnxruntime"] = configs["pytorch"] + [str(bundle / "configs" / "inference_onnx.yaml")]
         for backend in backends:
             overrides = {"ckpt_path": str(ckpt)}

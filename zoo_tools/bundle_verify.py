@@ -22,9 +22,11 @@ from typing import Any
 
 import yaml
 
+from zoo_tools import REPO
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "meta_schema.json"
+SCHEMA_PATH = REPO / "common" / "schemas" / "meta_schema.json"  # also given to `monai.bundle verify_metadata`
 
 REQUIRED_FILES: tuple[str, ...] = (
     "LICENSE",
@@ -61,9 +63,10 @@ MODEL_CARD_SECTIONS: tuple[str, ...] = (
     "Data",
     "Training",
     "Performance",
-    "MONAI Bundle Commands",
+    "Commands",
     "Limitations",
     "References",
+    "License",
 )
 
 # size used for a "*" spatial dimension of network_data_format
@@ -293,18 +296,6 @@ def _resolve_module_chain(chain: list[str], modules: Mapping[str, Any]) -> str |
     return None
 
 
-def check_onnx_handlers(parser: Any, name: str) -> list[str]:
-    """With ``network`` run by ONNX Runtime, no handler may load a PyTorch checkpoint into it."""
-    network = parser.get("network")
-    if not (isinstance(network, Mapping) and str(network.get("_target_", "")).endswith("OnnxRuntimeNetwork")):
-        return []
-    handlers = parser.get("handlers") or []
-    loaders = [h.get("_target_") for h in handlers if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", ""))]
-    if loaders:
-        return [f"{name}: `handlers` still has {loaders[0]}, which cannot load weights into OnnxRuntimeNetwork; override `handlers` without it"]
-    return []
-
-
 def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     """The merged configs resolve: macros expand, every ``@id`` reference exists, every ``_target_`` imports.
 
@@ -322,7 +313,6 @@ def check_config_combo(configs_dir: Path, files: Sequence[str]) -> list[str]:
     except Exception as e:
         return [f"{configs_dir}: {name}: does not resolve ({type(e).__name__}: {e})"]
     problems = [f"{configs_dir}: {p}" for p in check_expression_names(parser.get(), name)]
-    problems += [f"{configs_dir}: {p}" for p in check_onnx_handlers(parser, name)]
     refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
     for ref in sorted(refs):
         if ref not in parser:
@@ -556,6 +546,136 @@ def check_network_io(bundle_root: Path) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------------ the config contract
+# one id for one thing in every bundle (docs/architecture.md, "The config contract"): names other bundles or
+# MONAI's model-zoo use for the same thing, and the id this zoo uses instead
+ID_ALIASES: dict[str, str] = {
+    "checkpoint": "ckpt_path", "ckpt": "ckpt_path", "checkpoint_path": "ckpt_path", "model_path": "ckpt_path",
+    "onnx_model": "onnx_path", "onnx_file": "onnx_path", "output": "onnx_path",
+    "data_dir": "dataset_dir", "data_root": "dataset_dir", "data_path": "dataset_dir",
+    "out_dir": "output_dir", "output_path": "output_dir",
+    "datalist_file": "datalist", "data_list_file_path": "datalist", "datalist_path": "datalist",
+    "hu_min": "hu_window", "hu_max": "hu_window", "hu_range": "hu_window",
+    "seed": "split_seed", "random_seed": "split_seed",
+    "img_size": "image_size", "input_size": "image_size",
+}
+# ids each run config defines
+REQUIRED_IDS: dict[str, tuple[str, ...]] = {
+    "train.yaml": ("bundle_root", "dataset_dir", "output_dir", "ckpt_dir", "initial_ckpt", "device", "network_def",
+                   "network"),
+    "inference.yaml": ("bundle_root", "dataset_dir", "output_dir", "ckpt_path", "load_pretrain", "device",
+                       "network_def", "network", "checkpointloader", "initialize"),
+    "export_onnx.yaml": ("network_config", "ckpt_path", "onnx_path"),
+}
+# inference_onnx.yaml swaps the network for an ONNX Runtime session and nothing else
+ONNX_OVERRIDE_IDS = ("onnx_path", "load_pretrain", "network")
+
+
+def _yaml_ids(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}  # reported by check_config_file
+    return config if isinstance(config, dict) else {}
+
+
+def check_contract(configs_dir: Path) -> list[str]:
+    """The bundle's configs keep the zoo's config contract (the rules of ``docs/architecture.md``).
+
+    * no top-level id from ``ID_ALIASES`` (the zoo's id for that thing is used instead);
+    * ``train.yaml``, ``inference.yaml`` and ``export_onnx.yaml`` define the ids of ``REQUIRED_IDS``;
+    * ``inference.yaml`` loads the weights in ``initialize`` through ``checkpointloader`` (a
+      ``CheckpointLoader`` disabled by ``load_pretrain``), not in ``handlers``;
+    * ``inference_onnx.yaml`` defines exactly ``onnx_path``, ``load_pretrain: false`` and a ``network`` that
+      reads ``@onnx_path``;
+    * ``multi_gpu_train.yaml`` takes the GPU from ``LOCAL_RANK`` (the global rank names a GPU of another node).
+
+    Args:
+        configs_dir: the bundle's ``configs`` folder.
+
+    Returns:
+        the broken rules, each naming the file and the id.
+    """
+    problems: list[str] = []
+    configs = {p.name: _yaml_ids(p) for p in sorted(configs_dir.glob("*.yaml"))}
+    for name, config in configs.items():
+        for key in config:
+            base = str(key).split("#")[0]
+            if base in ID_ALIASES and not (name == "inference_onnx.yaml" and base in ONNX_OVERRIDE_IDS):
+                problems.append(f"{configs_dir / name}: id {base!r}: the zoo's id for this is {ID_ALIASES[base]!r}")
+    for name, required in REQUIRED_IDS.items():
+        if name in configs:
+            missing = [k for k in required if k not in configs[name]]
+            if missing:
+                problems.append(f"{configs_dir / name}: lacks the contract's ids {missing}")
+
+    inference = configs.get("inference.yaml", {})
+    loader = inference.get("checkpointloader")
+    if isinstance(loader, Mapping):
+        if not str(loader.get("_target_", "")).endswith("CheckpointLoader"):
+            problems.append(f"{configs_dir / 'inference.yaml'}: checkpointloader is not a CheckpointLoader")
+        if "@load_pretrain" not in str(loader.get("_disabled_", "")):
+            problems.append(f"{configs_dir / 'inference.yaml'}: checkpointloader needs `_disabled_: \"$not @load_pretrain\"`")
+        if not any("@checkpointloader(" in str(x) for x in inference.get("initialize") or []):
+            problems.append(f"{configs_dir / 'inference.yaml'}: `initialize` never calls @checkpointloader(@evaluator)")
+    for h in inference.get("handlers") or []:
+        if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", "")):
+            problems.append(f"{configs_dir / 'inference.yaml'}: a CheckpointLoader in `handlers`; weights load in "
+                            "`initialize` (checkpointloader), so inference_onnx.yaml only swaps the network")
+    for name in ("explain.yaml",):
+        for h in configs.get(name, {}).get("handlers") or []:
+            if isinstance(h, Mapping) and "CheckpointLoader" in str(h.get("_target_", "")):
+                problems.append(f"{configs_dir / name}: a CheckpointLoader in `handlers` loads the weights twice")
+
+    if "inference_onnx.yaml" in configs:
+        onnx = configs["inference_onnx.yaml"]
+        path = configs_dir / "inference_onnx.yaml"
+        extra = sorted(set(onnx) - set(ONNX_OVERRIDE_IDS))
+        missing = [k for k in ONNX_OVERRIDE_IDS if k not in onnx]
+        if extra:
+            problems.append(f"{path}: overrides {extra}; it may only set {list(ONNX_OVERRIDE_IDS)}")
+        if missing:
+            problems.append(f"{path}: lacks {missing}")
+        if onnx.get("load_pretrain", False) is not False:
+            problems.append(f"{path}: load_pretrain must be false (an ONNX session takes no PyTorch weights)")
+        if "network" in onnx and "@onnx_path" not in json.dumps(onnx["network"]):
+            problems.append(f"{path}: network does not read @onnx_path")
+
+    if "multi_gpu_train.yaml" in configs:
+        device = str(configs["multi_gpu_train.yaml"].get("device", ""))
+        if "LOCAL_RANK" not in device or "get_rank()" in device:
+            problems.append(f"{configs_dir / 'multi_gpu_train.yaml'}: device must come from os.environ['LOCAL_RANK'] "
+                            f"(got {device!r})")
+    return problems
+
+
+def check_required_packages(root: Path) -> list[str]:
+    """``metadata.json`` names every package the bundle's code imports, at the version installed here.
+
+    The packages are those of ``zoo_tools.packaging.tested_requirements`` (the archive's requirements.txt);
+    torch, MONAI and numpy have their own fields (``pytorch_version``, ``monai_version``, ``numpy_version``).
+    """
+    from zoo_tools.packaging import CORE_PACKAGES, tested_requirements
+
+    meta_file = root / "configs" / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        needed = tested_requirements(root)
+    except Exception as e:  # unreadable metadata is reported by check_metadata
+        return [f"{meta_file}: required packages cannot be worked out ({type(e).__name__}: {e})"]
+    declared = {k.lower(): v for k, v in (meta.get("required_packages_version") or {}).items()}
+    fields = {"torch": "pytorch_version", "monai": "monai_version", "numpy": "numpy_version"}
+    problems = []
+    for dist, version in needed.items():
+        have = meta.get(fields[dist]) if dist in CORE_PACKAGES else declared.get(dist)
+        where = fields[dist] if dist in CORE_PACKAGES else "required_packages_version"
+        if have is None:
+            problems.append(f"{meta_file}: {where} lacks {dist!r} (the bundle's code imports it; tested with {version})")
+        elif str(have) != version:
+            problems.append(f"{meta_file}: {where} says {dist} {have}, the tests ran with {version}")
+    return problems
+
+
 # ------------------------------------------------------------------------------------ docs and logging
 def check_model_card(readme: Path) -> list[str]:
     """The model card has a heading for each of ``MODEL_CARD_SECTIONS`` (a heading may add words after it)."""
@@ -694,6 +814,9 @@ def verify_bundle(path: str | Path, check_network: bool = True) -> list[str]:
             problems.append(str(e))
     if (configs / "logging.conf").is_file():
         problems += check_logging_conf(configs / "logging.conf")
+    problems += check_contract(configs)
+    if (configs / "metadata.json").is_file():
+        problems += check_required_packages(root)
     problems += check_phi_redaction(configs)
     problems += check_weights(root)
     if (root / "docs" / "README.md").is_file():

@@ -9,7 +9,6 @@ weights (speed does not depend on the weights) on random inputs of the bundle's 
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cxr_ehr_oxygen_risk"
+from zoo_tools import BUNDLES
+from zoo_tools.benchmarks.harness import peak_rss_mib
+
+BUNDLE = BUNDLES / "cxr_ehr_oxygen_risk"
 
 
 def _time(fn, repeats: int, warmup: int = 2) -> float:
@@ -28,11 +30,6 @@ def _time(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t) / repeats
-
-
-def _peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run(batch_sizes: tuple[int, ...] = (1, 16), repeats: int = 10, train_iterations: int = 10,
@@ -115,7 +112,7 @@ def run(batch_sizes: tuple[int, ...] = (1, 16), repeats: int = 10, train_iterati
             dt = time.perf_counter() - t
         result["generate"] = {"encounters": generate_encounters, "seconds": round(dt, 2),
                               "seconds_per_encounter": round(dt / generate_encounters, 3)}
-    result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     result["numpy"] = np.__version__
     return result
 

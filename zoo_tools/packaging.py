@@ -5,10 +5,15 @@ bundles carry their own ``scripts/`` package::
 
     <bundle>/configs/...  <bundle>/docs/...  <bundle>/models/...  <bundle>/common/...
 
-A user with MONAI and the archive runs, from inside the unpacked folder,
-``python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . --dataset_dir DATA``.
-Only the `common` modules the bundle reaches are copied: those its configs name, and everything they
-import in turn (found by reading the code, not by running it).
+    <bundle>/__main__.py  <bundle>/requirements.txt
+
+A user installs ``requirements.txt`` (the versions the bundle was tested with) and runs, from any folder,
+``python path/to/<bundle> run --config_file configs/inference.yaml --dataset_dir DATA --output_dir OUT``: the
+archive's ``__main__.py`` puts the bundle first on the path, so its own `common` is the one imported, and
+starts ``monai.bundle``. (``python -m monai.bundle run ...`` works from inside the folder, or from anywhere
+with ``PYTHONPATH=<bundle>``; a run that would import another `common` is refused, see
+``common.bundle_utils.check_vendored_common``.) Only the `common` modules the bundle reaches are copied: those
+its configs name, and everything they import in turn (found by reading the code, not by running it).
 """
 
 from __future__ import annotations
@@ -17,15 +22,22 @@ import ast
 import os
 import re
 import stat
+import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from common.io.atomic import atomic_path
+from zoo_tools import REPO
 
-COMMON_ROOT = Path(__file__).resolve().parents[1]
+COMMON_ROOT = REPO / "common"
 # bundle content that is produced by running it, never shipped
 EXCLUDED_DIRS = {"__pycache__", "eval", "logs", "runs", ".ipynb_checkpoints"}
 _CONFIG_REF = re.compile(r"\bcommon(?:\.[A-Za-z_]\w*)+")
+_CONFIG_IMPORT = re.compile(r"""^\s*-?\s*["']?\$(?:import|from)\s+([A-Za-z_]\w*)""", re.MULTILINE)
+ARCHIVE_MAIN = Path(__file__).parent / "resources" / "archive_main.py"
+# what every bundle runs on, whatever its code imports (metadata.json gives them their own fields)
+CORE_PACKAGES = ("torch", "monai", "numpy")
 
 
 def _module_file(module: str) -> Path | None:
@@ -90,6 +102,57 @@ def common_modules_used(bundle: str | Path) -> set[str]:
     return seen
 
 
+def third_party_imports(bundle: str | Path) -> set[str]:
+    """Top-level names of the non-standard-library packages a bundle's code imports.
+
+    Read from the `common` modules it reaches (:func:`common_modules_used`) and the ``$import`` lines of its
+    configs, lazy imports inside functions included.
+    """
+    names: set[str] = set()
+    for module in common_modules_used(bundle):
+        tree = ast.parse(_module_file(module).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    for config in Path(bundle, "configs").glob("*.yaml"):
+        names.update(_CONFIG_IMPORT.findall(config.read_text(encoding="utf-8")))
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("common", "__future__")}
+
+
+def tested_requirements(bundle: str | Path) -> dict[str, str]:
+    """The distributions a bundle needs and their versions in this environment (the one its tests ran in).
+
+    Returns:
+        ``{distribution: version}`` (lower-case names, sorted) for the core packages, every distribution of
+        :func:`third_party_imports` and those ``metadata.json`` requires beyond them (e.g. tensorboard, which
+        configs reach through MONAI's handlers rather than an import).
+
+    Raises:
+        ModuleNotFoundError: an imported package is not installed here (so its version is unknown).
+    """
+    import json
+
+    providers = metadata.packages_distributions()
+    meta = json.loads(Path(bundle, "configs", "metadata.json").read_text(encoding="utf-8"))
+    dists = set(CORE_PACKAGES) | set(meta.get("required_packages_version") or {})
+    for name in third_party_imports(bundle):
+        if name not in providers:
+            raise ModuleNotFoundError(f"{bundle}: its code imports {name!r}, which no installed distribution provides")
+        dists.add(providers[name][0])
+    # a local build tag (torch's "+cpu") names a wheel index, not a version to require
+    return {d.lower(): metadata.version(d).split("+")[0] for d in sorted(dists, key=str.lower)}
+
+
+def requirements_text(bundle: str | Path) -> str:
+    """``requirements.txt`` of an archive: :func:`tested_requirements` pinned exactly."""
+    lines = [f"# the versions {Path(bundle).name} was tested with; pip install -r requirements.txt",
+             "# (torch: pick the wheel for your CUDA or CPU at https://pytorch.org if pip's default does not fit)"]
+    lines += [f"{d}=={v}" for d, v in tested_requirements(bundle).items()]
+    return "\n".join(lines) + "\n"
+
+
 def package_bundle(bundle: str | Path, out: str | Path | None = None) -> Path:
     """Write ``<bundle name>.zip`` holding the bundle and the `common` code it imports.
 
@@ -121,13 +184,16 @@ def package_bundle(bundle: str | Path, out: str | Path | None = None) -> Path:
                 for data in folder.rglob("*"):
                     if data.is_file() and "__pycache__" not in data.parts:
                         files.append((data, f"{name}/{data.relative_to(COMMON_ROOT.parent).as_posix()}"))
+    members = {arc: src.read_bytes() for src, arc in files}
+    members[f"{name}/__main__.py"] = ARCHIVE_MAIN.read_bytes()
+    members[f"{name}/requirements.txt"] = requirements_text(bundle).encode()
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for source, arcname in dict((arc, (src, arc)) for src, arc in files).values():
+            for arcname, payload in members.items():
                 info = zipfile.ZipInfo(arcname, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible archives
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
-                zf.writestr(info, source.read_bytes())
+                zf.writestr(info, payload)
     return out
 
 

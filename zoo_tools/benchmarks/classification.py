@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from zoo_tools import BUNDLES
+from zoo_tools.benchmarks.harness import run_in_child
 
 
 def ort_session(model_path: str | Path, threads: int | None = None):
@@ -78,9 +79,9 @@ def run(
     from common.export import build_bundle_network, export_network, load_export_config
     from common.interpret import gradcam_map, occlusion_map
 
-    root = Path(bundle) if Path(bundle).is_dir() else REPO / "bundles" / bundle
+    root = Path(bundle) if Path(bundle).is_dir() else BUNDLES / bundle
     cfg = load_export_config(root)
-    ckpt = root / (cfg.get("checkpoint") or "models/model.pt")
+    ckpt = root / (cfg.get("ckpt_path") or "models/model.pt")
     network = build_bundle_network(root, cfg, checkpoint=ckpt if ckpt.is_file() else None).eval()
     shape = [int(s) for s in cfg["inputs"][0]["shape"]]
     threads = torch.get_num_threads()
@@ -126,21 +127,18 @@ def run(
     return figures
 
 
-def _pneumonia_batch(dataset_dir: str, output_dir: str, threads: int) -> dict[str, float]:
-    """One pneumonia ``inference.yaml`` batch in this process: wall seconds and peak resident memory."""
+def _pneumonia_batch(dataset_dir: str, output_dir: str) -> dict[str, float]:
+    """One pneumonia ``inference.yaml`` batch in this process (the harness's child): wall seconds."""
     from monai.bundle import ConfigParser
 
-    from common.demo import peak_rss_mib
-
-    torch.set_num_threads(threads)
-    bundle = REPO / "bundles" / "pediatric_cxr_pneumonia_classification"
+    bundle = BUNDLES / "pediatric_cxr_pneumonia_classification"
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     parser.update({"bundle_root": str(bundle), "dataset_dir": dataset_dir, "output_dir": output_dir})
     parser.get_parsed_content("initialize")
     start = time.perf_counter()
     parser.get_parsed_content("evaluator").run()
-    return {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {"seconds": round(time.perf_counter() - start, 2)}
 
 
 def large_film(side: int = 12000, normal_films: int = 8, threads: int | None = None) -> dict[str, Any]:
@@ -152,10 +150,6 @@ def large_film(side: int = 12000, normal_films: int = 8, threads: int | None = N
     Returns:
         peak resident memory (MiB) and wall time of both batches, and the film's file size.
     """
-    import json
-    import subprocess
-    import sys
-
     from PIL import Image
 
     threads = threads or torch.get_num_threads()
@@ -169,15 +163,10 @@ def large_film(side: int = 12000, normal_films: int = 8, threads: int | None = N
         for k in range(normal_films):
             Image.fromarray((rng.random((224, 224)) * 255).astype(np.uint8)).save(folder / f"n{k}.png")
         figures["film_mib"] = round((folder / "large.png").stat().st_size / 2**20, 1)
-        child = (
-            "import json, sys; from common.classification.benchmark import _pneumonia_batch; "
-            "print('RESULT ' + json.dumps(_pneumonia_batch(*sys.argv[1:3], int(sys.argv[3]))))"
-        )
         for name in ("with_large_film", "normal_films_only"):
             if name == "normal_films_only":
                 (folder / "large.png").unlink()
-            proc = subprocess.run([sys.executable, "-c", child, str(folder), str(Path(tmp) / name), str(threads)],
-                                  cwd=REPO, capture_output=True, text=True, check=True)
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            figures[name] = json.loads(line[len("RESULT "):])
+            result = run_in_child("zoo_tools.benchmarks.classification:_pneumonia_batch",
+                                  {"dataset_dir": str(folder), "output_dir": str(Path(tmp) / name)}, threads=threads)
+            figures[name] = {"seconds": result["seconds"], "peak_rss_mib": result["process_peak_rss_mib"]}
     return figures

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,26 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from zoo_tools import BUNDLES, REPO
+from zoo_tools.benchmarks.harness import run_in_child
+
 __all__ = ["run", "make_benchmark_scan"]
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lung_nodule_ct_detection"
-
-_CHILD = r"""
-import json, resource, sys, time, warnings
-warnings.simplefilter("ignore")
-import torch
-torch.set_num_threads({threads})
-from monai.bundle import ConfigWorkflow
-files = {files}
-wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type="infer", logging_file=False,
-                    **{overrides})
-wf.initialize()
-start = time.perf_counter()
-wf.run()
-seconds = time.perf_counter() - start
-wf.finalize()
-print("RESULT", json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
+BUNDLE = BUNDLES / "lung_nodule_ct_detection"
 
 
 def make_benchmark_scan(out_dir: str | os.PathLike, seed: int = 0, slices: int = 300) -> dict[str, Any]:
@@ -66,16 +50,26 @@ def make_benchmark_scan(out_dir: str | os.PathLike, seed: int = 0, slices: int =
     return {"path": str(path), "shape": list(hu.shape), "spacing_mm": [round(s, 3) for s in spacing]}
 
 
+def _inference_run(files: list[str], overrides: dict[str, Any], threads: int) -> dict[str, float]:
+    """One inference workflow in this process (run by the harness in a child): seconds of ``run``."""
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    torch.set_num_threads(threads)
+    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type="infer", logging_file=False,
+                        **overrides)
+    wf.initialize()
+    start = time.perf_counter()
+    wf.run()
+    seconds = time.perf_counter() - start
+    wf.finalize()
+    return {"seconds": seconds}
+
+
 def _child(files: list[str], overrides: dict[str, Any], threads: int) -> dict[str, float]:
-    code = _CHILD.format(threads=threads, files=repr(files), overrides=repr(overrides))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(BUNDLE.parents[1]))
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800
-    )
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"benchmark run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    result = run_in_child("zoo_tools.benchmarks.detection:_inference_run",
+                          {"files": files, "overrides": overrides}, threads=threads, timeout=1800)
+    return {"seconds": result["seconds"], "peak_rss_mb": result["process_peak_rss_mib"]}
 
 
 def run(
@@ -119,9 +113,9 @@ def run(
             weights = "random (no trained checkpoint)"
         else:  # repository-relative where it can be, so the report names no machine's folders
             path = Path(ckpt).resolve()
-            weights = str(path.relative_to(BUNDLE.parents[1])) if path.is_relative_to(BUNDLE.parents[1]) else str(path)
+            weights = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
         onnx_path = work / "model.onnx"
-        export_bundle(BUNDLE, checkpoint=ckpt, output=onnx_path)
+        export_bundle(BUNDLE, ckpt_path=ckpt, onnx_path=onnx_path)
         common = {"bundle_root": str(BUNDLE), "dataset_dir": str(work / "scan"), "ckpt_path": str(ckpt)}
         figures = {}
         runs = [

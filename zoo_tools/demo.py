@@ -31,7 +31,9 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from zoo_tools import REPO, monai_run_argv
+from zoo_tools.benchmarks.harness import peak_rss_mib
+
 REAL_CXR_DIR = "../shared/data/chest_xray2017_train224"  # relative to the repository root
 PNEUMONIA = "pediatric_cxr_pneumonia_classification"
 LUNG_SEG = "lung_ct_segmentation"
@@ -70,8 +72,6 @@ class BundleDemo:
         metric: the figure of the row.
         heldout: folder of held-out inputs for ONNX inference, relative to the data set folder.
         inference_outputs: glob patterns (in the inference output folder) that inference must produce.
-        onnx_id: the config id of the ONNX model path in ``inference_onnx.yaml``.
-        checkpoint_id: the config id of the PyTorch checkpoint in ``inference.yaml``.
         inference: extra overrides of both inference runs.
         explain: a few held-out files (relative to the data set) for ``configs/explain.yaml`` maps; empty: none.
         pngs: glob patterns, relative to the bundle's demo folder, of the figures copied beside summary.md.
@@ -89,8 +89,6 @@ class BundleDemo:
     metric: Metric
     heldout: str
     inference_outputs: Sequence[str]
-    onnx_id: str
-    checkpoint_id: str
     evaluate: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
     explain: Sequence[str] = ()
@@ -117,8 +115,6 @@ DEMOS: dict[str, BundleDemo] = {
         metric=Metric("mean Dice, both lungs (test)", "metrics.json", "mean.dice", 0.95, ">= 0.95"),
         heldout="imagesTs",
         inference_outputs=("*_seg.nii.gz",),
-        onnx_id="onnx_path",
-        checkpoint_id="ckpt_path",
         pngs=("eval/*.png",),
     ),
     "lung_nodule_ct_detection": BundleDemo(
@@ -133,8 +129,6 @@ DEMOS: dict[str, BundleDemo] = {
         metric=Metric("CPM, nodules >= 6 mm (test)", "metrics.json", "cpm_6mm", 0.8, ">= 0.8 (aim)"),
         heldout="datalist.json",  # its test scans (inference prefers the testing/test list, then validation)
         inference_outputs=("*_nodules.json",),
-        onnx_id="onnx_path",
-        checkpoint_id="ckpt_path",
         pngs=("eval/*.png",),
     ),
     "retina_oct_classification": BundleDemo(
@@ -146,8 +140,6 @@ DEMOS: dict[str, BundleDemo] = {
         metric=Metric("4-class accuracy (test)", "report.json", "accuracy", 0.90, ">= 0.90"),
         heldout="OCT2017/test",
         inference_outputs=("predictions.csv",),
-        onnx_id="onnx_model",
-        checkpoint_id="ckpt_path",
         explain=("OCT2017/test/DRUSEN", "OCT2017/test/CNV"),
         pngs=("eval/*.png", "explain/explain/*.png"),
     ),
@@ -160,8 +152,6 @@ DEMOS: dict[str, BundleDemo] = {
         metric=Metric("3-class accuracy (test)", "report.json", "accuracy", 0.85, ">= 0.85"),
         heldout="chest_xray/test",
         inference_outputs=("predictions.csv",),
-        onnx_id="onnx_model",
-        checkpoint_id="ckpt_path",
         explain=("chest_xray/test/PNEUMONIA",),
         pngs=("eval/*.png", "explain/explain/*.png"),
     ),
@@ -175,8 +165,6 @@ DEMOS: dict[str, BundleDemo] = {
         heldout=".",
         heldout_csv_split="test",
         inference_outputs=("predictions.csv",),
-        onnx_id="network#model_path",
-        checkpoint_id="",
         pngs=("eval/*.png",),
     ),
 }
@@ -384,7 +372,7 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 def bundle_run_argv(config_files: Sequence[str], bundle: str, overrides: dict[str, Any], python: str) -> list[str]:
     files = [f"bundles/{bundle}/configs/{f}" for f in config_files]
     config = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    return [python, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", f"bundles/{bundle}",
+    return [*monai_run_argv(python), "--config_file", config, "--bundle_root", f"bundles/{bundle}",
             *_overrides(overrides)]
 
 
@@ -498,13 +486,13 @@ def bundle_steps(
                          {**paths, "output_dir": str(work / "eval"), **demo.train, **demo.evaluate}, python),
              [str(work / "eval" / demo.metric.report)], clean=[str(work / "eval")]),
         Step(b, "export",
-             [python, "scripts/export_onnx.py", "--bundle", f"bundles/{b}", "--checkpoint", str(models / "model.pt"),
-              "--output", str(models / "model.onnx"), "--report", str(work / "export_report.json")],
+             [python, "scripts/export_onnx.py", "--bundle", f"bundles/{b}", "--ckpt_path", str(models / "model.pt"),
+              "--onnx_path", str(models / "model.onnx"), "--report", str(work / "export_report.json")],
              [str(models / "model.onnx"), str(work / "export_report.json")]),
         Step(b, "onnx_inference",
              bundle_run_argv(["inference.yaml", "inference_onnx.yaml"], b,
                          {"dataset_dir": str(data / demo.heldout), "output_dir": str(work / "onnx_inference"),
-                          demo.onnx_id: str(models / "model.onnx"), **heldout_csv, **demo.inference}, python),
+                          "onnx_path": str(models / "model.onnx"), **heldout_csv, **demo.inference}, python),
              [str(work / "onnx_inference" / p) for p in demo.inference_outputs],
              prepare=(lambda: split_csv(data / "encounters.csv", demo.heldout_csv_split)) if heldout_csv else None,
              clean=[str(work / "onnx_inference")]),
@@ -519,7 +507,7 @@ def bundle_steps(
             b, "explain",
             bundle_run_argv(["inference.yaml", "explain.yaml"], b,
                         {"dataset_dir": str(explain_inputs), "output_dir": str(work / "explain"),
-                         demo.checkpoint_id: str(models / "model.pt"), **demo.inference}, python),
+                         "ckpt_path": str(models / "model.pt"), **demo.inference}, python),
             [str(work / "explain" / "explain" / "*.png")],
             prepare=lambda: copy_some([f for d in demo.explain for f in first_files(data / d, EXPLAIN_PER_FOLDER)],
                                        explain_inputs),
@@ -554,7 +542,7 @@ def bundle_steps(
             b, "real_weights",
             bundle_run_argv(["inference.yaml"], b,
                         {"dataset_dir": str(real_inputs), "output_dir": str(work / "real_weights"),
-                         demo.checkpoint_id: str(shipped), **demo.inference}, python),
+                         "ckpt_path": str(shipped), **demo.inference}, python),
             [str(work / "real_weights" / "predictions.csv")],
             prepare=copy_inputs,
             optional=True,
@@ -706,7 +694,7 @@ def render_table(rows: Sequence[Row], columns: Sequence[str] = TABLE_COLUMNS) ->
 
 def collect_pngs(demo: BundleDemo | Any, out: Path, dest: Path) -> list[Path]:
     """Copy a bundle's report figures to ``dest`` as ``<bundle>__<name>.png`` (``demo``: a ``BundleDemo`` or
-    ``common.shipped_demo.ShippedDemo``; only its ``bundle`` and ``pngs`` are read)."""
+    ``zoo_tools.shipped_demo.ShippedDemo``; only its ``bundle`` and ``pngs`` are read)."""
     copied = []
     for pattern in demo.pngs:
         for png in sorted((out / demo.bundle).glob(pattern)):
@@ -744,18 +732,6 @@ def summary_markdown(rows: Sequence[Row], pngs: Sequence[Path], wall_seconds: fl
 # ---------------------------------------------------------------------------------------------------------
 # training speed of a bundle's own pipeline (scripts/benchmark.py)
 # ---------------------------------------------------------------------------------------------------------
-def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB (VmHWM; ``ru_maxrss`` would carry the size of the parent
-    that started this program across fork/exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def training_speed(bundle: str, dataset_dir: str, iterations: int = 8, warmup: int = 2,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Training iterations per second of a bundle's own ``train.yaml`` pipeline, in this process.

@@ -176,7 +176,7 @@ def export_triton(
         from common.export import export_bundle
 
         with atomic_path(target) as tmp:
-            export_bundle(bundle, checkpoint=checkpoint, output=tmp, allow_random_weights=allow_random_weights)
+            export_bundle(bundle, ckpt_path=checkpoint, onnx_path=tmp, allow_random_weights=allow_random_weights)
     else:
         with atomic_path(target) as tmp:
             shutil.copyfile(onnx_path, tmp)
