@@ -139,34 +139,57 @@ def save_overlay(
     title: str = "",
     alpha: float = 0.45,
 ) -> Path:
-    """Write ``image`` (H, W) in gray with ``heatmap`` (H, W) in colour on top as a PNG, atomically.
+    """Write :func:`render_overlay` as a PNG, atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        render_overlay(image, heatmap, title, alpha).save(tmp, format="PNG")
+    return Path(path)
 
-    The heatmap is shown from 0 (transparent) to its maximum (red); negative values (regions whose
-    hiding raised the probability) are not drawn.
+
+def render_overlay(image: np.ndarray | torch.Tensor, heatmap: np.ndarray, title: str = "", alpha: float = 0.45) -> Any:
+    """``image`` (H, W) in gray with ``heatmap`` in colour on top, as an H x W RGB ``PIL.Image``.
+
+    The map is resized to the image (bilinear) when it is smaller, as a network-input map is to the film it
+    came from. It is shown from 0 (transparent) to its maximum (red, jet colours); negative values (regions
+    whose hiding raised the score) are not drawn. A colour bar (0 to the map's maximum, relative) sits inside the
+    right edge and ``title`` (class, probability, method) on a dark band at the top, so the PNG keeps the film's
+    own size and geometry.
 
     Returns:
-        the PNG path.
+        the picture.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
 
     img = np.asarray(torch.as_tensor(image).detach().cpu().float()).squeeze()
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
-    heat = np.clip(np.asarray(heatmap, dtype=np.float32).squeeze(), 0, None)
-    heat = heat / heat.max() if heat.max() > 0 else heat
     h, w = img.shape
-    fig, ax = plt.subplots(figsize=(w / 80 + 0.2, h / 80 + (0.45 if title else 0.2)))
-    ax.imshow(img, cmap="gray", interpolation="bilinear")
-    ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
-    ax.set_axis_off()
+    heat = np.asarray(heatmap, dtype=np.float32).squeeze()
+    if heat.shape != (h, w):
+        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    heat = np.clip(heat, 0, None)
+    heat = heat / heat.max() if heat.max() > 0 else heat
+    jet = colormaps["jet"]
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    weight = np.where(heat >= 0.05, alpha, 0.0)[..., None]
+    rgb = (1 - weight) * rgb + weight * jet(heat)[..., :3]
+    canvas = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, min(h, w) // 40))
+    # colour bar: top = the map's maximum, bottom = 0
+    bar_w, bar_h = max(6, w // 60), max(20, int(h * 0.4))
+    x0, y0 = w - bar_w - max(4, w // 100), (h - bar_h) // 2
+    ramp = jet(np.linspace(1, 0, bar_h))[:, :3]
+    canvas.paste(Image.fromarray((np.repeat(ramp[:, None], bar_w, axis=1) * 255).astype(np.uint8)), (x0, y0))
+    draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255))
+    for text, y in (("max", y0), ("0", y0 + bar_h)):
+        box = draw.textbbox((0, 0), text, font=font)
+        draw.text((x0 - (box[2] - box[0]) - 3, y - (box[3] - box[1]) // 2), text, fill=(255, 255, 255), font=font,
+                  stroke_width=1, stroke_fill=(0, 0, 0))
     if title:
-        ax.set_title(title, fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return Path(path)
+        box = draw.textbbox((0, 0), title, font=font)
+        draw.rectangle([0, 0, w, box[3] - box[1] + 8], fill=(0, 0, 0))
+        draw.text((4, 2), title, fill=(255, 255, 255), font=font)
+    return canvas
 
 
 def peak_overlap(heatmap: np.ndarray, mask: np.ndarray, top_fraction: float = 0.05) -> float:
@@ -197,8 +220,14 @@ class ExplainWriter:
         score: occlusion score, "probability" (Kermany) or "logit" (see ``occlusion_map``).
         target_layer: Grad-CAM layer (ResNet: "layer4").
         target_class: class name to explain instead of the predicted one.
-        save_maps: also save the raw maps as ``.npy``.
+        save_maps: also save the raw maps as ``.npy`` (at the network input's size, as computed).
         image_key: key of the network input in the engine output.
+        source_loader: the bundle's loading transform (``@preprocessing#transforms#0``), which reads the file
+            at its own resolution: the overlay is drawn on the film as it is, the map resized to it (the network
+            input is the film squashed to a square). None: drawn on the network input.
+        secondary_capture: also write each overlay of a DICOM image as a DICOM Secondary Capture in its study
+            (``<image stem>_<method>_sc.dcm``), for a PACS viewer.
+        bundle_root: the bundle (its name and version label the Secondary Capture).
     """
 
     def __init__(
@@ -214,6 +243,9 @@ class ExplainWriter:
         target_class: str | None = None,
         save_maps: bool = False,
         image_key: str = "image",
+        source_loader: Any = None,
+        secondary_capture: bool = False,
+        bundle_root: str | os.PathLike = ".",
     ) -> None:
         unknown = set(methods) - {"occlusion", "gradcam"}
         if unknown:
@@ -226,6 +258,9 @@ class ExplainWriter:
         self.target_class = None if target_class in (None, "") else self.class_names.index(target_class)
         self.save_maps = save_maps
         self.image_key = image_key
+        self.source_loader = source_loader
+        self.secondary_capture = secondary_capture
+        self.bundle_root = bundle_root
         self._used: set[str] = set()
 
     def attach(self, engine) -> None:
@@ -248,6 +283,9 @@ class ExplainWriter:
         target = int(probs.argmax()) if self.target_class is None else self.target_class
         stem = self._stem(filename)
         title = f"{self.class_names[target]} p={probs[target]:.2f}"
+        background = _as_batch(image)[0, 0]
+        if self.source_loader is not None and filename and Path(filename).exists():
+            background = self.source_loader({self.image_key: filename})[self.image_key]
         written = {}
         for method in self.methods:
             if method == "occlusion":
@@ -257,11 +295,35 @@ class ExplainWriter:
                 heat = gradcam_map(network, image, target, self.target_layer)
                 label = "Grad-CAM"
             path = self.output_dir / f"{stem}_{method}.png"
-            written[method] = save_overlay(_as_batch(image)[0, 0], heat, path, f"{title} | {label}")
+            picture = render_overlay(background, heat, f"{title} | {label}")
+            with atomic_path(path) as tmp:
+                picture.save(tmp, format="PNG")
+            written[method] = path
+            if self.secondary_capture:
+                self._capture(filename, np.asarray(picture), f"{label} {title}", path.with_name(f"{stem}_{method}_sc.dcm"))
             if self.save_maps:
                 with atomic_path(self.output_dir / f"{stem}_{method}.npy") as tmp:
                     np.save(tmp, heat)
         return written
+
+    def _capture(self, filename: str, rgb: np.ndarray, description: str, path: Path) -> None:
+        """The overlay as a DICOM Secondary Capture, for a DICOM image (others: nothing to reference)."""
+        from common.io.dicom_results import (
+            bundle_identity,
+            overlay_capture,
+            read_headers,
+            save_dataset,
+            source_uids,
+        )
+
+        if not source_uids(filename):
+            return
+        try:
+            sc = overlay_capture(read_headers([filename])[0], rgb, *bundle_identity(self.bundle_root), description)
+        except Exception as e:  # the PNG stands
+            logger.error("%s: no Secondary Capture written (%s: %s)", filename, type(e).__name__, e)
+            return
+        save_dataset(sc, path)
 
     def __call__(self, engine) -> None:
         from common.classification.handlers import _filename, _items

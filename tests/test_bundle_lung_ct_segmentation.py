@@ -135,7 +135,8 @@ def test_evaluate_writes_report_and_accepts_binary_labels(trained, data, tmp_pat
 
 def test_inference_on_nifti_and_dicom_with_a_bad_case(pytorch_masks, case_folder, caplog):
     written = sorted(p.name for p in pytorch_masks.iterdir())
-    assert written == ["lung_005_dicom_seg.nii.gz", "lung_005_seg.nii.gz"]  # the broken file was skipped
+    # the broken file was skipped; the DICOM series also has its DICOM SEG
+    assert written == ["lung_005_dicom_seg.dcm", "lung_005_dicom_seg.nii.gz", "lung_005_seg.nii.gz"]
     source = nib.load(str(case_folder / "lung_005.nii.gz"))
     nifti_mask = nib.load(str(pytorch_masks / "lung_005_seg.nii.gz"))
     dicom_mask = nib.load(str(pytorch_masks / "lung_005_dicom_seg.nii.gz"))

@@ -134,4 +134,5 @@ def test_prediction_csv_writer_lists_good_and_bad_cases(tmp_path):
     assert [r["file"] for r in rows] == ["a.png", "b_bad.png", "c.png"]
     assert rows[2]["call"] == "BACTERIAL" and float(rows[2]["p_pneumonia"]) == pytest.approx(0.8)
     assert rows[1]["error"] == "cannot be read" and rows[1]["p_NORMAL"] == ""
-    assert list(rows[0]) == ["file", "p_NORMAL", "p_BACTERIAL", "p_VIRAL", "call", "p_pneumonia", "pneumonia", "error"]
+    assert list(rows[0]) == ["file", "p_NORMAL", "p_BACTERIAL", "p_VIRAL", "call", "p_pneumonia", "pneumonia", "error",
+                             "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]

@@ -157,3 +157,31 @@ def test_occlusion_map_definition_on_a_known_network():
         occlusion_map(net, image, mask_size=16, stride=17)
     with pytest.raises(ValueError):
         ExplainWriter(["a", "b"], "/tmp", methods=["lime"])
+
+
+def test_explain_draws_on_the_film_at_its_own_size_with_a_colour_bar(tmp_path):
+    """A 1048 x 716 film through the pneumonia bundle's explain.yaml: the overlays come back at 1048 x 716
+    (not the network's 192 x 192 square), with the colour bar and the caption drawn in, and the raw maps on
+    request."""
+    from pathlib import Path
+
+    import bundle_runner
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    bundle = repo / "bundles" / "pediatric_cxr_pneumonia_classification"
+    films = tmp_path / "films"
+    films.mkdir()
+    yy, xx = np.mgrid[0:716, 0:1048]
+    Image.fromarray((110 + 90 * np.sin(xx / 37.0) * np.cos(yy / 29.0)).astype(np.uint8)).save(films / "wide.png")
+    out = tmp_path / "out"
+    bundle_runner.run_workflow(bundle, ["inference.yaml", "explain.yaml"], "infer", dataset_dir=str(films),
+                               output_dir=str(out), explain_methods=["gradcam"], save_maps=True)
+    png = Image.open(out / "explain" / "wide_gradcam.png").convert("RGB")
+    assert png.size == (1048, 716)
+    pixels = np.asarray(png).astype(int)
+    bar_x = 1048 - max(6, 1048 // 60) // 2 - max(4, 1048 // 100)
+    top, bottom = pixels[716 // 2 - 140, bar_x], pixels[716 // 2 + 140, bar_x]
+    assert top[0] > 100 and top[2] < 60 and bottom[2] > 100 and bottom[0] < 60, (top, bottom)  # jet: red .. blue
+    assert pixels[:8, :200].mean() < 120  # the caption's dark band
+    assert np.load(out / "explain" / "wide_gradcam.npy").shape == (192, 192)

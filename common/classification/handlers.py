@@ -23,6 +23,7 @@ import torch
 from common.classification.tasks import ClassificationTask
 from common.data.skip_bad import skipped_cases
 from common.io.atomic import atomic_write_text
+from common.io.naming import UniqueNames
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], header: Sequence[str]) ->
     return atomic_write_text(path, buf.getvalue())
 
 
+UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
 class PredictionCSVWriter(_Collector):
     """Writes batch-inference results, one row per image, atomically after the run.
 
@@ -188,25 +192,60 @@ class PredictionCSVWriter(_Collector):
     ``error`` (empty, or why an image could not be used: such images are reported and skipped by
     ``common.data.SkipBadCasesDataset``, and listed here with empty probabilities).
 
+    A DICOM image's row also carries its ``StudyInstanceUID``, ``SeriesInstanceUID`` and ``SOPInstanceUID``,
+    and the image gets a DICOM SR (``<name>_sr.dcm`` beside the CSV: the finding, every class probability and
+    the decisions, referencing the image) unless ``output_format`` is ``csv``.
+
     Args:
         task: the bundle's ``ClassificationTask``.
         output_path: the CSV file.
-        dataset: optional dataset whose ``skipped`` attribute lists ``(file, problem)`` of bad cases.
+        dataset: optional dataset whose skipped cases are listed with their error.
+        output_format: ``csv``, ``dicom`` (SRs for DICOM images; the CSV still lists every image) or ``both``.
+        bundle_root: the bundle (its name and version identify the algorithm in the SR).
     """
 
-    def __init__(self, task: ClassificationTask, output_path: str | os.PathLike, dataset: Any = None) -> None:
+    def __init__(
+        self, task: ClassificationTask, output_path: str | os.PathLike, dataset: Any = None,
+        output_format: str = "csv", bundle_root: str | os.PathLike = ".",
+    ) -> None:
+        from common.io.dicom_results import bundle_identity, check_output_format
+
         super().__init__()
         self.task = task
         self.output_path = Path(output_path)
         self.dataset = dataset
+        self.output_format = check_output_format(output_format, "csv")
+        self.bundle, self.version = bundle_identity(bundle_root)
+        self._sr_names = UniqueNames()
 
     def _write(self, engine) -> None:
         uniform = np.full((1, len(self.task.class_names)), 1.0 / len(self.task.class_names))
-        columns = ["file", *(f"p_{c}" for c in self.task.class_names), *self.task.decide(uniform)[0], "error"]
-        rows = [{"file": f, **_prob_columns(p, self.task)} for f, p in zip(self.files, self.probs)]
+        columns = ["file", *(f"p_{c}" for c in self.task.class_names), *self.task.decide(uniform)[0], "error",
+                   *UID_COLUMNS]
+        rows = [{"file": f, **_prob_columns(p, self.task), **self._dicom_result(f, p)}
+                for f, p in zip(self.files, self.probs)]
         rows += [{"file": case["file"], "error": case["problem"]} for case in skipped_cases(self.dataset)]
         rows.sort(key=lambda r: r["file"])
         _write_csv(self.output_path, [{c: r.get(c, "") for c in columns} for r in rows], columns)
         logger.info(
             "predictions for %d images written to %s (%d skipped)", len(self.probs), self.output_path, len(rows) - len(self.probs)
         )
+
+    def _dicom_result(self, file: str, probs: np.ndarray) -> dict[str, str]:
+        """A DICOM image's UIDs for its row, and its SR written beside the CSV (unless ``output_format`` is csv)."""
+        from common.io.dicom_results import classification_report, read_headers, save_dataset, source_uids
+
+        uids = source_uids(file)
+        if not uids or self.output_format == "csv":
+            return uids
+        decided = _prob_columns(probs, self.task)
+        decisions = {k: str(v) for k, v in decided.items() if not k.startswith("p_") and k != "call"}
+        try:
+            sr = classification_report(read_headers([file])[0], dict(zip(self.task.class_names, map(float, probs))),
+                                       decided["call"], self.bundle, self.version, decisions)
+        except Exception as e:  # the CSV row stands; the image's header does not make a valid SR
+            logger.error("%s: no DICOM SR written (%s: %s)", file, type(e).__name__, e)
+            return uids
+        name = self._sr_names(str(self.output_path.parent / Path(file).stem), file)
+        save_dataset(sr, Path(f"{name}_sr.dcm"))
+        return uids

@@ -31,6 +31,7 @@ from ignite.engine import Engine, Events
 from common.data.ct_inputs import ct_cases
 from common.errors import InputDataError
 from common.io.atomic import atomic_path, atomic_write_json
+from common.io.dicom_results import source_uids
 from common.io.naming import UniqueNames
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,10 @@ class DetectionWriter:
             detections scoring at least ``box_image_threshold`` (value = rank by score).
         box_image_threshold: see ``save_box_image``.
         output_transform: maps ``engine.state.output`` to the list of per-scan dicts.
+        output_format: ``json`` (the JSON), ``dicom`` (a DICOM SR for a DICOM series; other inputs get the
+            JSON) or ``both``.
+        bundle_root: the bundle (its name and version identify the algorithm in the SR); needed for DICOM.
+        dicom_min_score: detections reported in the SR score at least this (the JSON keeps every detection).
     """
 
     def __init__(
@@ -191,7 +196,15 @@ class DetectionWriter:
         save_box_image: bool = False,
         box_image_threshold: float = 0.5,
         output_transform: Callable = lambda x: x,
+        output_format: str = "json",
+        bundle_root: str | os.PathLike = ".",
+        dicom_min_score: float = 0.5,
     ) -> None:
+        from common.io.dicom_results import bundle_identity, check_output_format
+
+        self.output_format = check_output_format(output_format, "json")
+        self.bundle, self.version = bundle_identity(bundle_root)
+        self.dicom_min_score = dicom_min_score
         self.output_dir = Path(output_dir)
         self.score_threshold = score_threshold
         self.save_box_image = save_box_image
@@ -215,8 +228,10 @@ class DetectionWriter:
         detections = detections_to_json(
             out.get("pred_box"), out.get("pred_score"), out.get("pred_malignancy"), self.score_threshold
         )
+        is_dicom = meta.get("ct_format") == "dicom"
         doc = {
             "image": Path(str(filename)).name,
+            **(source_uids(filename) if is_dicom else {}),
             "coordinate_system": "LPS",
             "units": "mm",
             "box_mode": "cccwhd",
@@ -224,12 +239,36 @@ class DetectionWriter:
             "num_detections": len(detections),
             "detections": detections,
         }
-        path = atomic_write_json(self.output_dir / f"{name}_nodules.json", doc)
-        logger.info("%s: %d detections -> %s", Path(str(filename)).name, len(detections), path.name)
+        path = self.output_dir / f"{name}_nodules.json"
+        if self.output_format != "dicom" or not is_dicom:
+            atomic_write_json(path, doc)
+            logger.info("%s: %d detections -> %s", Path(str(filename)).name, len(detections), path.name)
+        if self.output_format != "json" and is_dicom:
+            self._write_sr(name, Path(str(filename)), str(meta.get("ct_series_uid", "")), detections)
         if self.save_box_image:
             self._write_box_image(
                 name, meta, [d for d in detections if d["score"] >= self.box_image_threshold]
             )
+        return path
+
+    def _write_sr(self, name: str, source: Path, series_uid: str, detections: list[dict[str, Any]]) -> Path | None:
+        """The detections scoring at least ``dicom_min_score`` as a TID 1500 SR referencing the series."""
+        from common.io.dicom_results import nodule_report, save_dataset, series_headers
+
+        nodules = [
+            {"center_lps_mm": d["center"], "diameter_mm": max(d["size"]), "score": d["score"],
+             "malignancy": d.get("malignancy", {}).get("rating"),
+             "malignancy_probability": sum(d["malignancy"]["probabilities"][3:]) if "malignancy" in d else None}
+            for d in detections if d["score"] >= self.dicom_min_score
+        ]
+        try:
+            sources = series_headers(source if source.is_dir() else source.parent, series_uid)
+            report = nodule_report(nodules, sources, self.bundle, self.version)
+        except Exception as e:  # the JSON stands (unless output_format is dicom); the series makes no valid SR
+            logger.error("%s: no DICOM SR written (%s: %s)", source, type(e).__name__, e)
+            return None
+        path = save_dataset(report, self.output_dir / f"{name}_nodules_sr.dcm")
+        logger.info("%s: %d nodules (score >= %g) -> %s", source.name, len(nodules), self.dicom_min_score, path.name)
         return path
 
     def _write_box_image(self, name: str, meta: dict[str, Any], detections: list[dict[str, Any]]) -> None:

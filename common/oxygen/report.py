@@ -19,6 +19,7 @@ import torch
 
 from common.data.skip_bad import skipped_cases
 from common.io.atomic import atomic_write_json, atomic_write_text
+from common.io.dicom_results import source_uids
 from common.io.naming import UniqueNames
 from common.metrics.calibration import calibration_summary, plot_reliability_diagram
 from common.metrics.classification import bootstrap_ci, roc_auc, sensitivity_specificity
@@ -247,16 +248,26 @@ class RiskWriter:
         n_levels: levels per horizon.
         imputed_key: batch key of the list of imputed EHR feature names.
         dataset: the inference dataset (``SkipBadCasesDataset``), whose skipped cases are listed too.
+        output_format: ``json``, ``dicom`` or ``both``. An encounter whose image is DICOM gets its Study,
+            Series and SOP Instance UIDs in its JSON and, unless ``json``, ``<encounter>_sr.dcm``: a DICOM SR of
+            its risks referencing the image (with ``dicom``, instead of its JSON).
+        bundle_root: the bundle (its name and version identify the algorithm in the SR).
     """
 
     def __init__(self, output_dir: str | os.PathLike, mode: str = "both", n_levels: int = 4,
-                 imputed_key: str = "ehr_imputed", dataset: Any = None) -> None:
+                 imputed_key: str = "ehr_imputed", dataset: Any = None, output_format: str = "json",
+                 bundle_root: str | os.PathLike = ".") -> None:
+        from common.io.dicom_results import bundle_identity, check_output_format
+
+        self.output_format = check_output_format(output_format, "json")
+        self.bundle, self.version = bundle_identity(bundle_root)
         self.output_dir = Path(output_dir)
         self.mode = mode
         self.n_levels = int(n_levels)
         self.collector = _Collector(imputed_key=imputed_key)
         self.dataset = dataset
         self._names = UniqueNames()
+        self._images: dict[str, str] | None = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -284,7 +295,31 @@ class RiskWriter:
             }
             # ids that differ only in characters a file name cannot hold ("a/b", "a_b") get _2, _3, ...
             name = self._names(_safe_name(c.ids[i]) or f"case{i}", c.ids[i])
-            atomic_write_json(self.output_dir / f"{name}.json", record)
+            image = self._image_of(c.ids[i])
+            uids = source_uids(image) if image and record["image_used"] else {}
+            record.update(uids)
+            if not (uids and self.output_format == "dicom"):
+                atomic_write_json(self.output_dir / f"{name}.json", record)
+            if uids and self.output_format != "json":
+                self._write_sr(name, image, risk)
+
+    def _image_of(self, encounter_id: str) -> str:
+        """The image path of an encounter, from the dataset's rows."""
+        if self._images is None:
+            self._images = {str(item.get("encounter_id")): str(item.get("image") or "")
+                            for item in getattr(self.dataset, "data", None) or []}
+        return self._images.get(str(encounter_id), "")
+
+    def _write_sr(self, name: str, image: str, risk: dict[str, dict[str, float]]) -> None:
+        from common.io.dicom_results import classification_report, read_headers, save_dataset
+
+        risks = {f"{level} within {horizon}": p for horizon, levels in risk.items() for level, p in levels.items()}
+        try:
+            sr = classification_report(read_headers([image])[0], risks, None, self.bundle, self.version)
+        except Exception as e:  # the JSON and the CSV row stand; the image's header does not make a valid SR
+            logger.error("%s: no DICOM SR written (%s: %s)", image, type(e).__name__, e)
+            return
+        save_dataset(sr, self.output_dir / f"{name}_sr.dcm")
 
     def _write_csv(self, engine) -> None:
         c = self.collector

@@ -32,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 
 def list_ct_inputs(folder: str | os.PathLike) -> list[str]:
-    """CT inputs in ``folder``: volume files and DICOM series folders (``folder`` itself and its direct
-    sub-folders), found by content (:func:`common.data.ct_inputs.ct_cases`)."""
-    return ct_cases(folder, recursive=False)
+    """CT inputs in ``folder``, found by content (:func:`common.data.ct_inputs.ct_cases`): the volume files in
+    it, and the folders holding DICOM at any depth (a PACS export: study / series / files). Volume files in
+    sub-folders are not cases: an MSD folder keeps its label maps there."""
+    here = ct_cases(folder, recursive=False)
+    series = [c for c in ct_cases(folder, recursive=True) if Path(c).is_dir()]
+    return sorted(set(here) | set(series))
 
 
 def inference_datalist(dataset_dir: str | os.PathLike, datalist: str = "", key: str = "testing") -> list[dict]:
@@ -88,6 +91,8 @@ class SaveLabelMapd(MapTransform):
         output_ext: ``.nii.gz`` or ``.nii``.
         data_root_dir: optional input root whose relative folder structure is mirrored.
         meta_key: key whose meta holds ``filename_or_obj`` (defaults to the label map's own meta).
+        output_format: ``nifti`` or ``both`` write the NIfTI; ``dicom`` writes it only for inputs that are not
+            DICOM (a DICOM series gets its SEG from :class:`SaveLungSegDicomd` instead).
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -99,9 +104,13 @@ class SaveLabelMapd(MapTransform):
         output_ext: str = ".nii.gz",
         data_root_dir: str | os.PathLike = "",
         meta_key: str | None = None,
+        output_format: str = "nifti",
         allow_missing_keys: bool = False,
     ) -> None:
+        from common.io.dicom_results import check_output_format
+
         super().__init__(keys, allow_missing_keys)
+        self.output_format = check_output_format(output_format, "nifti")
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix
         self.output_ext = output_ext
@@ -130,6 +139,8 @@ class SaveLabelMapd(MapTransform):
                 raise TypeError(f"{key!r} must be a MetaTensor carrying the affine to write")
             meta_src = d[self.meta_key] if self.meta_key else label
             source = str(meta_src.meta.get("filename_or_obj", "case"))
+            if self.output_format == "dicom" and meta_src.meta.get("ct_format") == "dicom":
+                continue  # its result is the DICOM SEG
             array = label.as_tensor().detach().cpu().numpy()
             array = array[0] if array.ndim == 4 else array
             affine = np.asarray(label.affine, dtype=np.float64)
@@ -143,3 +154,69 @@ class SaveLabelMapd(MapTransform):
             label.meta["saved_to"] = str(path)
             logger.info("wrote %s", path)
         return d
+
+
+class SaveLungSegDicomd(MapTransform):
+    """Write the lung label map of a DICOM CT series as a DICOM Segmentation referencing that series.
+
+    The SEG (``common.io.dicom_results.lung_segmentation``: segment 1 right lung, 2 left lung) goes to
+    ``<output_dir>/<case><postfix>.dcm``, named as :class:`SaveLabelMapd` names the NIfTI. Inputs that are not
+    DICOM are passed over (they have no series to reference), as is everything when ``output_format`` is
+    ``nifti``.
+
+    Args:
+        keys: label map keys: ``(1, X, Y, Z)`` on the input's grid (``ResampleToInputGridd``'s output).
+        output_dir: output folder.
+        bundle_root: the bundle (its name and version identify the algorithm in the SEG).
+        output_format: ``nifti``, ``dicom`` or ``both``.
+        meta_key: key whose meta tells the input (``filename_or_obj``, ``ct_format``, ``ct_series_uid``).
+        output_postfix: appended to the case name.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        bundle_root: str | os.PathLike,
+        output_format: str = "both",
+        meta_key: str = "image",
+        output_postfix: str = "_seg",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        from common.io.dicom_results import bundle_identity, check_output_format
+
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_format = check_output_format(output_format, "nifti")
+        self.bundle, self.version = bundle_identity(bundle_root)
+        self.meta_key = meta_key
+        self.output_postfix = output_postfix
+        self._names = UniqueNames()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        from common.io.dicom_results import lung_segmentation, save_dataset, series_headers
+
+        d = dict(data)
+        meta = getattr(d.get(self.meta_key), "meta", {}) or {}
+        if self.output_format == "nifti" or meta.get("ct_format") != "dicom":
+            return d
+        source = Path(str(meta.get("filename_or_obj", "")))
+        folder = source if source.is_dir() else source.parent
+        for key in self.key_iterator(d):
+            label = d[key]
+            array = label.as_tensor().detach().cpu().numpy()
+            array = array[0] if array.ndim == 4 else array
+            try:
+                sources = series_headers(folder, str(meta.get("ct_series_uid", "")))
+                seg = lung_segmentation(array.astype(np.uint8), np.asarray(label.affine), sources, self.bundle,
+                                        self.version)
+            except Exception as e:  # the NIfTI stands (unless output_format is dicom); the series makes no valid SEG
+                logger.error("%s: no DICOM SEG written (%s: %s)", source, type(e).__name__, e)
+                continue
+            stem = self._names(str(self.output_dir / case_name(str(source))), str(source))
+            path = save_dataset(seg, Path(f"{stem}{self.output_postfix}.dcm"))
+            label.meta["saved_dicom_to"] = str(path)
+            logger.info("wrote %s (DICOM SEG, %d frames)", path, len(seg.PerFrameFunctionalGroupsSequence))
+        return d
+

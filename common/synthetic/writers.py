@@ -222,6 +222,7 @@ def write_dicom_ct_series(
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "synthetic phantom: no patient data"
     ds.BodyPartExamined = "CHEST"
     ds.SliceThickness = f"{spacing[2]:.6g}"
     ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"

@@ -79,7 +79,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise InputDataError(
             path, f"the NIfTI data cannot be read (truncated or corrupt file): {type(e).__name__}: {e}"
         ) from e
-    return array, np.asarray(img.affine, dtype=np.float64), {"ct_format": "nifti", "ct_modality": ""}
+    return array, np.asarray(img.affine, dtype=np.float64), {"ct_format": "nifti", "ct_modality": "", "ct_series_uid": ""}
 
 
 def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -91,7 +91,7 @@ def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise
     except Exception as e:
         raise InputDataError(path, f"cannot read the MetaImage file: {type(e).__name__}: {e}") from e
-    return np.asarray(array), np.asarray(affine, dtype=np.float64), {"ct_format": "mhd", "ct_modality": ""}
+    return np.asarray(array), np.asarray(affine, dtype=np.float64), {"ct_format": "mhd", "ct_modality": "", "ct_series_uid": ""}
 
 
 def _read_volume(
@@ -107,7 +107,7 @@ def _read_volume(
         )
     if path.is_dir():
         array, affine, meta = read_dicom_series(path)
-        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"]}
+        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"], "ct_series_uid": meta["series_uid"]}
     name = lower_name(path)
     content = sniff_format(path)
     if content in _PHOTO_FORMATS:
@@ -122,7 +122,7 @@ def _read_volume(
         return _read_mhd(path)
     if name.endswith(".dcm") or content == "DICOM":
         array, affine, meta = read_dicom_series(path)
-        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"]}
+        return array, affine, {"ct_format": "dicom", "ct_modality": meta["modality"], "ct_series_uid": meta["series_uid"]}
     if content == "NIFTI":
         return _read_nifti(path)
     raise InputDataError(
