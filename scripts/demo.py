@@ -4,11 +4,11 @@
                            [--force] [--real_data ../shared/data/chest_xray2017_train224]
     python scripts/demo.py --train --out demo_output/train     # `make demo-train`: train every bundle first
 
-Default (`make demo`, common/shipped_demo.py): per bundle, generate a small synthetic set, evaluate the
+Default (`make demo`, zoo_tools/shipped_demo.py): per bundle, generate a small synthetic set, evaluate the
 shipped `models/model.pt` on its test split, run `inference.yaml` with no checkpoint override, export to
 ONNX with the parity check and run ONNX Runtime inference (+ occlusion / Grad-CAM maps for the
 classifiers, + the real chest radiograph that pydicom-data ships and real ChestXRay2017 films where
-present). With --train (`make demo-train`, common/demo.py): generate the demo-scale synthetic sets, train
+present). With --train (`make demo-train`, zoo_tools/demo.py): generate the demo-scale synthetic sets, train
 every bundle briefly with its own train.yaml, evaluate, export and infer (about 30 minutes).
 
 Prints one table and writes it to <out>/summary.md with the PNG reports beside it; logs of every step in

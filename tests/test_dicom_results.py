@@ -190,3 +190,44 @@ def test_explain_overlay_as_secondary_capture(films, tmp_path):
     assert sc.StudyInstanceUID == film.StudyInstanceUID and sc.SeriesInstanceUID != film.SeriesInstanceUID
     assert (sc.Rows, sc.Columns) == (film.Rows, film.Columns) and sc.PhotometricInterpretation == "RGB"
 
+
+
+def test_dicom_only_keeps_the_file_of_a_case_whose_object_cannot_be_made(ct_series, tmp_path, monkeypatch, capfd):
+    """output_format dicom: a series whose SEG / SR cannot be made still gets its NIfTI / JSON, and the log says so."""
+    import common.io.dicom_results as results
+
+    def broken(*args, **kwargs):
+        raise ValueError("a source this writer cannot reference")
+
+    monkeypatch.setattr(results, "lung_segmentation", broken)
+    monkeypatch.setattr(results, "nodule_report", broken)
+    seg_out, det_out = tmp_path / "seg", tmp_path / "det"
+    bundle_runner.run_workflow(BUNDLES / "lung_ct_segmentation", ["inference.yaml"], "infer", dataset_dir=str(ct_series),
+                               output_dir=str(seg_out), output_format="dicom")
+    bundle_runner.run_workflow(BUNDLES / "lung_nodule_ct_detection", ["inference.yaml"], "infer",
+                               dataset_dir=str(ct_series), output_dir=str(det_out), output_format="dicom",
+                               test_time_flips=False)
+    assert [p.suffix for p in seg_out.iterdir()] == [".gz"] and not list(seg_out.glob("*.dcm"))
+    assert [p.suffix for p in det_out.iterdir()] == [".json"]
+    log = "".join(capfd.readouterr())  # the bundles' logging.conf writes to the console
+    assert "no DICOM SEG written" in log and "no DICOM SR written" in log
+
+
+def test_building_objects_never_prints_a_patients_name(films, tmp_path, capfd):
+    """highdicom warns about person names without a '^' and quotes them; the zoo's objects are built without
+    that warning, so the name never reaches stderr (where the log redaction does not reach)."""
+    import warnings
+
+    from common.io.dicom_results import classification_report, overlay_capture, read_headers
+
+    film = pydicom.dcmread(films / "film_dicom.dcm")
+    film.PatientName = "JOHNSMITH"
+    film.ReferringPhysicianName = "DRWHO"
+    film.save_as(tmp_path / "named.dcm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = read_headers([tmp_path / "named.dcm"])[0]
+        classification_report(source, {"A": 0.9, "B": 0.1}, "A", "bundle", "0.1")
+        overlay_capture(source, np.zeros((film.Rows, film.Columns, 3), np.uint8), "bundle", "0.1", "map")
+    said = " ".join(str(w.message) for w in caught) + "".join(capfd.readouterr())
+    assert "JOHNSMITH" not in said and "DRWHO" not in said

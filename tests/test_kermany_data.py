@@ -118,7 +118,7 @@ def test_oct_layout_and_prepare_script(tmp_path):
     assert {e["patient"] for e in data["training"]}.isdisjoint({e["patient"] for e in data["validation"]})
     assert all(e["class_name"] == Path(e["image"]).parent.name for e in data["training"] + data["testing"])
     # the bundle reads the prepared JSON against --dataset_dir and gets what scanning gives
-    via_json = kermany.datalist(tmp_path, "oct", "validation", datalist_file=out)
+    via_json = kermany.datalist(tmp_path, "oct", "validation", datalist=out)
     scanned = kermany.datalist(tmp_path, "oct", "validation", val_fraction=0.2, seed=1)
     assert [Path(e["image"]).resolve() for e in via_json] == [Path(e["image"]).resolve() for e in scanned]
 

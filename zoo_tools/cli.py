@@ -8,13 +8,16 @@
 
 The bundle's ``inference.yaml`` runs once over every case (the model is loaded once), with a progress bar and
 the batch summary line; ``--format`` is the bundle's ``output_format`` (its own files, ``dicom`` or ``both``).
-A DICOMweb study URL as input is retrieved first (into ``OUT/input``); ``--store URL`` sends every DICOM
-object the run wrote (SEG, SR) to that DICOMweb server. Installed by ``pip install -e .``.
+A DICOMweb study URL as input is retrieved first (into ``OUT/input``); ``--store URL`` sends the DICOM objects
+this run wrote (SEG, SR) to that DICOMweb server. The oxygen bundle reads a folder with its ``encounters.csv``
+(a study alone has no EHR). Installed by ``pip install -e .``.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from zoo_tools import BUNDLES
@@ -69,9 +72,10 @@ def run(bundle: str, input: str, output: str, device: str = "", format: str = ""
     from common.io.dicomweb import fetch_study, is_study_url, parse_study_url
     from common.io.dicomweb import store as stow
 
-    root = _bundle_root(bundle)
-    out = Path(output)
+    root = _bundle_root(str(bundle))
+    out, input = Path(str(output)), str(input)  # fire reads a folder named 20240101 as a number
     if is_study_url(input):
+        shutil.rmtree(out / "input", ignore_errors=True)  # this study only, not one an earlier run fetched
         dataset_dir = fetch_study(*parse_study_url(input), out / "input")
     else:
         dataset_dir = Path(input)
@@ -87,10 +91,13 @@ def run(bundle: str, input: str, output: str, device: str = "", format: str = ""
     if progress:
         dataset = workflow.parser.get_parsed_content("dataset")
         _progress_bar(evaluator, len(getattr(dataset, "data", dataset)), root.name)
+    started = time.time()
     workflow.run()
     workflow.finalize()
     if store:
-        results = sorted(p for p in out.rglob("*.dcm") if p.relative_to(out).parts[0] != "input")
+        # what this run wrote: not the fetched input, nor the results of an earlier run into the same folder
+        results = sorted(p for p in out.rglob("*.dcm")
+                         if p.relative_to(out).parts[0] != "input" and p.stat().st_mtime >= started)
         stow(store, results)
         print(f"stored {len(results)} DICOM result object(s) on {store}")
 

@@ -309,7 +309,7 @@ def datalist(
     val_fraction: float = 0.1,
     seed: int = 0,
     classes: int = 3,
-    datalist_file: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """One split of a Kermany data set, for bundle configs (``$common.data.kermany.datalist(...)``).
 
@@ -321,7 +321,7 @@ def datalist(
         val_fraction: share of the pool held out for validation.
         seed: seed of the patient-level split.
         classes: for "cxr", 3 or 2.
-        datalist_file: optional JSON written by ``scripts/prepare_datalist.py``; its paths are relative to
+        datalist: optional JSON written by ``scripts/prepare_datalist.py``; its paths are relative to
             ``dataset_dir``. When given, the folder is not scanned.
 
     Returns:
@@ -333,8 +333,8 @@ def datalist(
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
     key = {"train": "training", "validation": "validation", "test": "testing"}
-    if datalist_file:
-        with open(datalist_file, encoding="utf-8") as f:
+    if datalist:
+        with open(datalist, encoding="utf-8") as f:
             data = json.load(f)
         base = Path(dataset_dir)
         for k in ("training", "validation", "testing"):
@@ -346,7 +346,7 @@ def datalist(
     else:
         items = data[key[split]]
     if not items:
-        raise InputDataError(datalist_file or dataset_dir, f"the {split!r} split is empty")
+        raise InputDataError(datalist or dataset_dir, f"the {split!r} split is empty")
     counts = Counter(e["class_name"] for e in items)
     logger.info("%s %s split: %d images, %s", kind.upper(), split, len(items), dict(sorted(counts.items())))
     return items

@@ -31,7 +31,6 @@ from ignite.engine import Engine, Events
 from common.data.ct_inputs import ct_cases
 from common.errors import InputDataError
 from common.io.atomic import atomic_path, atomic_write_json
-from common.io.dicom_results import source_uids
 from common.io.naming import UniqueNames
 
 logger = logging.getLogger(__name__)
@@ -229,9 +228,10 @@ class DetectionWriter:
             out.get("pred_box"), out.get("pred_score"), out.get("pred_malignancy"), self.score_threshold
         )
         is_dicom = meta.get("ct_format") == "dicom"
+        series_uid = str(meta.get("ct_series_uid", ""))
         doc = {
             "image": Path(str(filename)).name,
-            **(source_uids(filename) if is_dicom else {}),
+            **(self._uids(Path(str(filename)), series_uid) if is_dicom else {}),
             "coordinate_system": "LPS",
             "units": "mm",
             "box_mode": "cccwhd",
@@ -240,16 +240,28 @@ class DetectionWriter:
             "detections": detections,
         }
         path = self.output_dir / f"{name}_nodules.json"
-        if self.output_format != "dicom" or not is_dicom:
+        sr = None
+        if self.output_format != "json" and is_dicom:
+            sr = self._write_sr(name, Path(str(filename)), series_uid, detections)
+        # with output_format dicom the SR replaces the JSON, unless the series made no valid SR
+        if self.output_format != "dicom" or sr is None:
             atomic_write_json(path, doc)
             logger.info("%s: %d detections -> %s", Path(str(filename)).name, len(detections), path.name)
-        if self.output_format != "json" and is_dicom:
-            self._write_sr(name, Path(str(filename)), str(meta.get("ct_series_uid", "")), detections)
         if self.save_box_image:
             self._write_box_image(
                 name, meta, [d for d in detections if d["score"] >= self.box_image_threshold]
             )
         return path
+
+    @staticmethod
+    def _uids(source: Path, series_uid: str) -> dict[str, str]:
+        from common.io.dicom_results import series_uids
+
+        try:
+            return series_uids(source, series_uid)
+        except Exception as e:  # the detections stand without them
+            logger.error("%s: the series' UIDs could not be read back (%s)", source, type(e).__name__)
+            return {}
 
     def _write_sr(self, name: str, source: Path, series_uid: str, detections: list[dict[str, Any]]) -> Path | None:
         """The detections scoring at least ``dicom_min_score`` as a TID 1500 SR referencing the series."""
@@ -264,8 +276,8 @@ class DetectionWriter:
         try:
             sources = series_headers(source if source.is_dir() else source.parent, series_uid)
             report = nodule_report(nodules, sources, self.bundle, self.version)
-        except Exception as e:  # the JSON stands (unless output_format is dicom); the series makes no valid SR
-            logger.error("%s: no DICOM SR written (%s: %s)", source, type(e).__name__, e)
+        except Exception as e:  # the series makes no valid SR: the JSON is written instead
+            logger.error("%s: no DICOM SR written (%s: %s); the JSON is", source, type(e).__name__, e)
             return None
         path = save_dataset(report, self.output_dir / f"{name}_nodules_sr.dcm")
         logger.info("%s: %d nodules (score >= %g) -> %s", source.name, len(nodules), self.dicom_min_score, path.name)

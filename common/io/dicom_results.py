@@ -16,8 +16,10 @@ out. The objects copy the patient and study of their source, as DICOM requires; 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,17 @@ def _code(value: str, scheme: str, meaning: str) -> Any:
 def zoo_code(value: str, meaning: str | None = None) -> Any:
     """A concept of the zoo's private coding scheme (``99ZOO``)."""
     return _code(value, ZOO_SCHEME, meaning or value)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Build objects without warnings that quote header values: highdicom's checks of person names and pydicom's
+    value validation print the value (a patient's name) to stderr, past the log redaction."""
+    from common.io.dicom import quiet_value_validation
+
+    with warnings.catch_warnings(), quiet_value_validation():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 RIGHT_LUNG = ("3341006", "SCT", "Right lung")
@@ -64,12 +77,17 @@ def read_headers(paths: Sequence[str | os.PathLike]) -> list[Any]:
     """The DICOM headers (no pixel data) of ``paths``, each named in the error when it cannot be read."""
     import pydicom
 
+    from common.logging_utils import remember_identifiers
+
     headers = []
     for path in paths:
         try:
-            headers.append(_completed(pydicom.dcmread(path, stop_before_pixels=True)))
+            with _quiet():
+                header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as e:
             raise InputDataError(path, f"cannot read the DICOM header: {type(e).__name__}") from e
+        remember_identifiers(header)  # a later log line that quotes them is redacted
+        headers.append(_completed(header))
     return headers
 
 
@@ -81,6 +99,14 @@ def series_headers(folder: str | os.PathLike, series_uid: str) -> list[Any]:
     if series_uid not in series:
         raise InputDataError(folder, f"no series with SeriesInstanceUID {series_uid} (it was read a moment ago)")
     return [_completed(header) for _, header in series[series_uid]]
+
+
+def series_uids(source: str | os.PathLike, series_uid: str) -> dict[str, str]:
+    """``StudyInstanceUID`` and ``SeriesInstanceUID`` of the series a CT was read from (``source``: its folder, or
+    one of its files), for the JSON and CSV results."""
+    source = Path(source)
+    headers = series_headers(source if source.is_dir() else source.parent, series_uid)
+    return {"StudyInstanceUID": str(headers[0].StudyInstanceUID), "SeriesInstanceUID": series_uid}
 
 
 def source_uids(path: str | os.PathLike) -> dict[str, str]:
@@ -159,12 +185,13 @@ def lung_segmentation(
         )
         for number, code, meaning in ((1, RIGHT_LUNG, "Right lung"), (2, LEFT_LUNG, "Left lung"))
     ]
-    return hd.seg.Segmentation(
-        source_images=list(sources), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=bundle,
-        software_versions=version, device_serial_number="none", series_description=f"Lungs ({bundle} {version})",
-    )
+    with _quiet():
+        return hd.seg.Segmentation(
+            source_images=list(sources), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=bundle,
+            software_versions=version, device_serial_number="none", series_description=f"Lungs ({bundle} {version})",
+        )
 
 
 def _orientation(source: Any) -> tuple[str, str] | None:
@@ -198,12 +225,13 @@ def overlay_capture(source: Any, rgb: np.ndarray, bundle: str, version: str, des
 
     if _orientation(source) is None:
         raise ValueError("the source image has no PatientOrientation, which the Secondary Capture must state")
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8), photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        patient_orientation=_orientation(source),
-    )
+    with _quiet():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8), photometric_interpretation="RGB",
+            bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+            patient_orientation=_orientation(source),
+        )
     if "Laterality" not in sc:  # Type 2C (paired body parts): the source's, empty when it gives none
         sc.Laterality = source.get("Laterality", "") or ""
     sc.SeriesDescription = f"{description} ({bundle} {version})"[:64]
@@ -227,11 +255,12 @@ def _observation_context(bundle: str, version: str) -> Any:
 def _sr(evidence: Sequence[Any], report: Any, bundle: str, version: str, series_number: int, title: str) -> Any:
     import highdicom as hd
 
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(evidence), content=report, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
-        series_description=f"{title} ({bundle} {version})",
-    )
+    with _quiet():
+        return hd.sr.Comprehensive3DSR(
+            evidence=list(evidence), content=report, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
+            series_description=f"{title} ({bundle} {version})",
+        )
 
 
 def nodule_report(

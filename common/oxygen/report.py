@@ -298,10 +298,10 @@ class RiskWriter:
             image = self._image_of(c.ids[i])
             uids = source_uids(image) if image and record["image_used"] else {}
             record.update(uids)
-            if not (uids and self.output_format == "dicom"):
+            sr_written = bool(uids) and self.output_format != "json" and self._write_sr(name, image, risk)
+            # with output_format dicom the SR replaces the JSON, unless the image made no valid SR
+            if not (sr_written and self.output_format == "dicom"):
                 atomic_write_json(self.output_dir / f"{name}.json", record)
-            if uids and self.output_format != "json":
-                self._write_sr(name, image, risk)
 
     def _image_of(self, encounter_id: str) -> str:
         """The image path of an encounter, from the dataset's rows."""
@@ -310,7 +310,7 @@ class RiskWriter:
                             for item in getattr(self.dataset, "data", None) or []}
         return self._images.get(str(encounter_id), "")
 
-    def _write_sr(self, name: str, image: str, risk: dict[str, dict[str, float]]) -> None:
+    def _write_sr(self, name: str, image: str, risk: dict[str, dict[str, float]]) -> bool:
         from common.io.dicom_results import classification_report, read_headers, save_dataset
 
         risks = {f"{level} within {horizon}": p for horizon, levels in risk.items() for level, p in levels.items()}
@@ -318,8 +318,9 @@ class RiskWriter:
             sr = classification_report(read_headers([image])[0], risks, None, self.bundle, self.version)
         except Exception as e:  # the JSON and the CSV row stand; the image's header does not make a valid SR
             logger.error("%s: no DICOM SR written (%s: %s)", image, type(e).__name__, e)
-            return
+            return False
         save_dataset(sr, self.output_dir / f"{name}_sr.dcm")
+        return True
 
     def _write_csv(self, engine) -> None:
         c = self.collector

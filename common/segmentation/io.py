@@ -91,8 +91,9 @@ class SaveLabelMapd(MapTransform):
         output_ext: ``.nii.gz`` or ``.nii``.
         data_root_dir: optional input root whose relative folder structure is mirrored.
         meta_key: key whose meta holds ``filename_or_obj`` (defaults to the label map's own meta).
-        output_format: ``nifti`` or ``both`` write the NIfTI; ``dicom`` writes it only for inputs that are not
-            DICOM (a DICOM series gets its SEG from :class:`SaveLungSegDicomd` instead).
+        output_format: ``nifti`` or ``both`` write the NIfTI; ``dicom`` writes it only for cases that got no
+            DICOM SEG from :class:`SaveLungSegDicomd` (which runs first): inputs that are not DICOM, and a series
+            whose SEG could not be made.
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -139,8 +140,8 @@ class SaveLabelMapd(MapTransform):
                 raise TypeError(f"{key!r} must be a MetaTensor carrying the affine to write")
             meta_src = d[self.meta_key] if self.meta_key else label
             source = str(meta_src.meta.get("filename_or_obj", "case"))
-            if self.output_format == "dicom" and meta_src.meta.get("ct_format") == "dicom":
-                continue  # its result is the DICOM SEG
+            if self.output_format == "dicom" and label.meta.get("saved_dicom_to"):
+                continue  # its result is the DICOM SEG (a series that made no valid SEG still gets its NIfTI)
             array = label.as_tensor().detach().cpu().numpy()
             array = array[0] if array.ndim == 4 else array
             affine = np.asarray(label.affine, dtype=np.float64)
@@ -211,8 +212,8 @@ class SaveLungSegDicomd(MapTransform):
                 sources = series_headers(folder, str(meta.get("ct_series_uid", "")))
                 seg = lung_segmentation(array.astype(np.uint8), np.asarray(label.affine), sources, self.bundle,
                                         self.version)
-            except Exception as e:  # the NIfTI stands (unless output_format is dicom); the series makes no valid SEG
-                logger.error("%s: no DICOM SEG written (%s: %s)", source, type(e).__name__, e)
+            except Exception as e:  # the series makes no valid SEG: the NIfTI is written instead (SaveLabelMapd)
+                logger.error("%s: no DICOM SEG written (%s: %s); the NIfTI mask is", source, type(e).__name__, e)
                 continue
             stem = self._names(str(self.output_dir / case_name(str(source))), str(source))
             path = save_dataset(seg, Path(f"{stem}{self.output_postfix}.dcm"))

@@ -3,7 +3,7 @@
     python path/to/<bundle> run --config_file configs/inference.yaml --dataset_dir DATA --output_dir OUT
 
 The arguments are those of ``python -m monai.bundle``. Config, metadata and logging files named relative
-to the bundle are found in it, and ``--bundle_root`` defaults to it. Written into every archive by
+to the bundle are taken from it (``configs/...``), and ``--bundle_root`` defaults to it. Written into every archive by
 ``scripts/package_bundle.py`` (as ``<bundle>/__main__.py``).
 """
 
@@ -19,23 +19,27 @@ if sys.path[0] != HERE:
 
 
 def _in_bundle(path: str) -> str:
-    """``path`` as given when it exists from here, else the same path inside the bundle (when it exists there)."""
+    """``path`` inside the bundle when it is there (``configs/inference.yaml``), else as given."""
     inside = os.path.join(HERE, path)
-    return path if os.path.isabs(path) or os.path.exists(path) or not os.path.exists(inside) else inside
+    return inside if not os.path.isabs(path) and os.path.exists(inside) else path
 
 
 def _files(value: str) -> str:
-    """One file, or a list of files written as MONAI takes them (``"['a.yaml','b.yaml']"``)."""
+    """One file, or several as MONAI takes them (``"['a.yaml','b.yaml']"`` or ``"a.yaml,b.yaml"``)."""
     if value.strip().startswith("["):
         return str([_in_bundle(p) for p in ast.literal_eval(value)])
-    return _in_bundle(value)
+    return ",".join(_in_bundle(p) for p in value.split(","))
 
 
+FILE_FLAGS = ("--config_file", "--meta_file", "--logging_file")
 args = sys.argv[1:]
-for i, arg in enumerate(args[:-1]):
-    if arg in ("--config_file", "--meta_file", "--logging_file"):
+for i, arg in enumerate(args):
+    flag, eq, value = arg.partition("=")
+    if eq and flag in FILE_FLAGS:  # --config_file=configs/inference.yaml
+        args[i] = f"{flag}={_files(value)}"
+    elif arg in FILE_FLAGS and i + 1 < len(args):
         args[i + 1] = _files(args[i + 1])
-if "run" in args[:1] and "--bundle_root" not in args:
+if args[:1] == ["run"] and not any(a == "--bundle_root" or a.startswith("--bundle_root=") for a in args):
     args += ["--bundle_root", HERE]
 sys.argv = ["monai.bundle", *args]
 runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
