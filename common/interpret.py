@@ -308,22 +308,13 @@ class ExplainWriter:
 
     def _capture(self, filename: str, rgb: np.ndarray, description: str, path: Path) -> None:
         """The overlay as a DICOM Secondary Capture, for a DICOM image (others: nothing to reference)."""
-        from common.io.dicom_results import (
-            bundle_identity,
-            overlay_capture,
-            read_headers,
-            save_dataset,
-            source_uids,
-        )
+        from common.io.dicom_results import bundle_identity, image_header, overlay_capture, write_result
 
-        if not source_uids(filename):
-            return
-        try:
-            sc = overlay_capture(read_headers([filename])[0], rgb, *bundle_identity(self.bundle_root), description)
-        except Exception as e:  # the PNG stands
-            logger.error("%s: no Secondary Capture written (%s: %s)", filename, type(e).__name__, e)
-            return
-        save_dataset(sc, path)
+        header = image_header(filename)
+        if header is not None:
+            identity = bundle_identity(self.bundle_root)
+            write_result(lambda: overlay_capture(header, rgb, *identity, description), path, filename,
+                         "Secondary Capture")
 
     def __call__(self, engine) -> None:
         from common.classification.handlers import _filename, _items

@@ -218,7 +218,7 @@ def test_building_objects_never_prints_a_patients_name(films, tmp_path, capfd):
     that warning, so the name never reaches stderr (where the log redaction does not reach)."""
     import warnings
 
-    from common.io.dicom_results import classification_report, overlay_capture, read_headers
+    from common.io.dicom_results import classification_report, image_header, overlay_capture
 
     film = pydicom.dcmread(films / "film_dicom.dcm")
     film.PatientName = "JOHNSMITH"
@@ -226,7 +226,7 @@ def test_building_objects_never_prints_a_patients_name(films, tmp_path, capfd):
     film.save_as(tmp_path / "named.dcm")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = read_headers([tmp_path / "named.dcm"])[0]
+        source = image_header(tmp_path / "named.dcm")
         classification_report(source, {"A": 0.9, "B": 0.1}, "A", "bundle", "0.1")
         overlay_capture(source, np.zeros((film.Rows, film.Columns, 3), np.uint8), "bundle", "0.1", "map")
     said = " ".join(str(w.message) for w in caught) + "".join(capfd.readouterr())

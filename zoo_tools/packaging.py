@@ -61,8 +61,9 @@ def _resolve(name: str) -> str | None:
     return None
 
 
-def _imports_of(path: Path, module: str) -> set[str]:
-    """`common` modules imported by one source file."""
+def _imported_names(path: Path, module: str) -> set[str]:
+    """Every dotted name one source file imports (relative imports made absolute), lazy imports included, and
+    the `common` module names its strings hold (importlib-by-name tables)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -78,8 +79,13 @@ def _imports_of(path: Path, module: str) -> set[str]:
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            found.update(_CONFIG_REF.findall(node.value))  # importlib-by-name tables
-    return {m for m in (_resolve(n) for n in found if n.split(".")[0] == "common") if m}
+            found.update(_CONFIG_REF.findall(node.value))
+    return found
+
+
+def _imports_of(path: Path, module: str) -> set[str]:
+    """`common` modules imported by one source file."""
+    return {m for m in (_resolve(n) for n in _imported_names(path, module) if n.split(".")[0] == "common") if m}
 
 
 def common_modules_used(bundle: str | Path) -> set[str]:
@@ -108,17 +114,11 @@ def third_party_imports(bundle: str | Path) -> set[str]:
     Read from the `common` modules it reaches (:func:`common_modules_used`) and the ``$import`` lines of its
     configs, lazy imports inside functions included.
     """
-    names: set[str] = set()
-    for module in common_modules_used(bundle):
-        tree = ast.parse(_module_file(module).read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module.split(".")[0])
+    names = {name.split(".")[0] for module in common_modules_used(bundle)
+             for name in _imported_names(_module_file(module), module)}
     for config in Path(bundle, "configs").glob("*.yaml"):
         names.update(_CONFIG_IMPORT.findall(config.read_text(encoding="utf-8")))
-    return {n for n in names if n not in sys.stdlib_module_names and n not in ("common", "__future__")}
+    return {n for n in names if n and n not in sys.stdlib_module_names and n not in ("common", "__future__")}
 
 
 def tested_requirements(bundle: str | Path) -> dict[str, str]:

@@ -233,19 +233,15 @@ class PredictionCSVWriter(_Collector):
 
     def _dicom_result(self, file: str, probs: np.ndarray) -> dict[str, str]:
         """A DICOM image's UIDs for its row, and its SR written beside the CSV (unless ``output_format`` is csv)."""
-        from common.io.dicom_results import classification_report, read_headers, save_dataset, source_uids
+        from common.io.dicom_results import classification_report, image_header, image_uids, write_result
 
-        uids = source_uids(file)
-        if not uids or self.output_format == "csv":
-            return uids
-        decided = _prob_columns(probs, self.task)
-        decisions = {k: str(v) for k, v in decided.items() if not k.startswith("p_") and k != "call"}
-        try:
-            sr = classification_report(read_headers([file])[0], dict(zip(self.task.class_names, map(float, probs))),
-                                       decided["call"], self.bundle, self.version, decisions)
-        except Exception as e:  # the CSV row stands; the image's header does not make a valid SR
-            logger.error("%s: no DICOM SR written (%s: %s)", file, type(e).__name__, e)
-            return uids
-        name = self._sr_names(str(self.output_path.parent / Path(file).stem), file)
-        save_dataset(sr, Path(f"{name}_sr.dcm"))
-        return uids
+        header = image_header(file)
+        if header is not None and self.output_format != "csv":
+            decided = _prob_columns(probs, self.task)
+            decisions = {k: str(v) for k, v in decided.items() if not k.startswith("p_") and k != "call"}
+            probabilities = dict(zip(self.task.class_names, map(float, probs)))
+            name = self._sr_names(str(self.output_path.parent / Path(file).stem), file)
+            write_result(lambda: classification_report(header, probabilities, decided["call"], self.bundle,
+                                                       self.version, decisions),
+                         Path(f"{name}_sr.dcm"), file, "DICOM SR")
+        return image_uids(header)

@@ -227,11 +227,13 @@ class DetectionWriter:
         detections = detections_to_json(
             out.get("pred_box"), out.get("pred_score"), out.get("pred_malignancy"), self.score_threshold
         )
-        is_dicom = meta.get("ct_format") == "dicom"
-        series_uid = str(meta.get("ct_series_uid", ""))
+        # a DICOM series' headers, read once: its UIDs for the JSON and the SR's source
+        sources = self._series(Path(str(filename)), str(meta.get("ct_series_uid", ""))) if (
+            meta.get("ct_format") == "dicom") else None
         doc = {
             "image": Path(str(filename)).name,
-            **(self._uids(Path(str(filename)), series_uid) if is_dicom else {}),
+            **({"StudyInstanceUID": str(sources[0].StudyInstanceUID),
+                "SeriesInstanceUID": str(sources[0].SeriesInstanceUID)} if sources else {}),
             "coordinate_system": "LPS",
             "units": "mm",
             "box_mode": "cccwhd",
@@ -241,8 +243,8 @@ class DetectionWriter:
         }
         path = self.output_dir / f"{name}_nodules.json"
         sr = None
-        if self.output_format != "json" and is_dicom:
-            sr = self._write_sr(name, Path(str(filename)), series_uid, detections)
+        if self.output_format != "json" and sources:
+            sr = self._write_sr(name, Path(str(filename)), sources, detections)
         # with output_format dicom the SR replaces the JSON, unless the series made no valid SR
         if self.output_format != "dicom" or sr is None:
             atomic_write_json(path, doc)
@@ -254,18 +256,20 @@ class DetectionWriter:
         return path
 
     @staticmethod
-    def _uids(source: Path, series_uid: str) -> dict[str, str]:
-        from common.io.dicom_results import series_uids
+    def _series(source: Path, series_uid: str) -> list[Any] | None:
+        """The headers of the series a CT was read from; None (logged) when they cannot be read back."""
+        from common.io.dicom_results import series_headers
 
         try:
-            return series_uids(source, series_uid)
-        except Exception as e:  # the detections stand without them
-            logger.error("%s: the series' UIDs could not be read back (%s)", source, type(e).__name__)
-            return {}
+            return series_headers(source if source.is_dir() else source.parent, series_uid)
+        except Exception as e:  # the detections stand without the UIDs and the SR
+            logger.error("%s: the series' headers could not be read back (%s)", source, type(e).__name__)
+            return None
 
-    def _write_sr(self, name: str, source: Path, series_uid: str, detections: list[dict[str, Any]]) -> Path | None:
-        """The detections scoring at least ``dicom_min_score`` as a TID 1500 SR referencing the series."""
-        from common.io.dicom_results import nodule_report, save_dataset, series_headers
+    def _write_sr(self, name: str, source: Path, sources: list[Any], detections: list[dict[str, Any]]) -> Path | None:
+        """The detections scoring at least ``dicom_min_score`` as a TID 1500 SR referencing the series; None when
+        the series makes no valid SR (logged; the JSON is written instead)."""
+        from common.io.dicom_results import nodule_report, write_result
 
         nodules = [
             {"center_lps_mm": d["center"], "diameter_mm": max(d["size"]), "score": d["score"],
@@ -273,14 +277,11 @@ class DetectionWriter:
              "malignancy_probability": sum(d["malignancy"]["probabilities"][3:]) if "malignancy" in d else None}
             for d in detections if d["score"] >= self.dicom_min_score
         ]
-        try:
-            sources = series_headers(source if source.is_dir() else source.parent, series_uid)
-            report = nodule_report(nodules, sources, self.bundle, self.version)
-        except Exception as e:  # the series makes no valid SR: the JSON is written instead
-            logger.error("%s: no DICOM SR written (%s: %s); the JSON is", source, type(e).__name__, e)
-            return None
-        path = save_dataset(report, self.output_dir / f"{name}_nodules_sr.dcm")
-        logger.info("%s: %d nodules (score >= %g) -> %s", source.name, len(nodules), self.dicom_min_score, path.name)
+        path = write_result(lambda: nodule_report(nodules, sources, self.bundle, self.version),
+                            self.output_dir / f"{name}_nodules_sr.dcm", source, "DICOM SR")
+        if path is not None:
+            logger.info("%s: %d nodules (score >= %g) -> %s", source.name, len(nodules), self.dicom_min_score,
+                        path.name)
         return path
 
     def _write_box_image(self, name: str, meta: dict[str, Any], detections: list[dict[str, Any]]) -> None:

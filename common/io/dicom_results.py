@@ -7,7 +7,8 @@
   mm, the detection score and the malignancy rating (LIDC's 1-5) with its probability.
 * :func:`classification_report`: a TID 1500 report on one image (a chest film, an OCT B-scan): the predicted
   finding, each class probability and the decision (referral or risk category), referencing the image.
-* :func:`source_uids`: the Study, Series and SOP Instance UIDs of a DICOM input, for CSV and JSON results.
+* :func:`image_header`, :func:`image_uids`: a DICOM input's header (read once) and its Study, Series and SOP
+  Instance UIDs, for CSV and JSON results; :func:`write_result`: build, write or log one object.
 
 Concepts without a standard code (the bundles' class names, the detection score, the LIDC rating) use the
 private coding scheme ``99ZOO`` (DICOM reserves ``99`` prefixes for local schemes), with the meaning spelled
@@ -17,15 +18,18 @@ out. The objects copy the patient and study of their source, as DICOM requires; 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.errors import InputDataError
+
+logger = logging.getLogger(__name__)
 
 MANUFACTURER = "chest-eye-bundle-zoo"
 ZOO_SCHEME = "99ZOO"
@@ -73,22 +77,23 @@ def _completed(header: Any) -> Any:
     return header
 
 
-def read_headers(paths: Sequence[str | os.PathLike]) -> list[Any]:
-    """The DICOM headers (no pixel data) of ``paths``, each named in the error when it cannot be read."""
-    import pydicom
+def image_header(path: str | os.PathLike) -> Any | None:
+    """The header (no pixel data) of a DICOM image file, ready to be the source of a derived object; None for a
+    file that is not DICOM. Read once per image: its UIDs (:func:`image_uids`) and its SR come from it."""
+    from common.io.dicom import _read_header  # remembers the identifiers, so later log lines are redacted
 
-    from common.logging_utils import remember_identifiers
+    with _quiet():
+        header = _read_header(Path(path))
+    return None if header is None else _completed(header)
 
-    headers = []
-    for path in paths:
-        try:
-            with _quiet():
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:
-            raise InputDataError(path, f"cannot read the DICOM header: {type(e).__name__}") from e
-        remember_identifiers(header)  # a later log line that quotes them is redacted
-        headers.append(_completed(header))
-    return headers
+
+def image_uids(header: Any | None) -> dict[str, str]:
+    """``StudyInstanceUID``, ``SeriesInstanceUID`` and ``SOPInstanceUID`` of a header, for CSV and JSON results
+    (empty for None: an input that is not DICOM)."""
+    if header is None:
+        return {}
+    uids = {k: str(header.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    return {k: v for k, v in uids.items() if v}
 
 
 def series_headers(folder: str | os.PathLike, series_uid: str) -> list[Any]:
@@ -101,35 +106,27 @@ def series_headers(folder: str | os.PathLike, series_uid: str) -> list[Any]:
     return [_completed(header) for _, header in series[series_uid]]
 
 
-def series_uids(source: str | os.PathLike, series_uid: str) -> dict[str, str]:
-    """``StudyInstanceUID`` and ``SeriesInstanceUID`` of the series a CT was read from (``source``: its folder, or
-    one of its files), for the JSON and CSV results."""
-    source = Path(source)
-    headers = series_headers(source if source.is_dir() else source.parent, series_uid)
-    return {"StudyInstanceUID": str(headers[0].StudyInstanceUID), "SeriesInstanceUID": series_uid}
+def write_result(build: Callable[[], Any], path: Path, source: str | os.PathLike, what: str) -> Path | None:
+    """Build a DICOM result and write it to ``path``; a source that makes no valid object is logged, not raised.
 
+    Every writer of the bundles goes through here: the case's other results (NIfTI, JSON, CSV row, PNG) stand,
+    and the batch goes on.
 
-def source_uids(path: str | os.PathLike) -> dict[str, str]:
-    """``StudyInstanceUID``, ``SeriesInstanceUID`` and ``SOPInstanceUID`` of a DICOM file; empty for other files.
+    Args:
+        build: makes the object (a SEG, SR or Secondary Capture).
+        path: where it goes.
+        source: the input it is made from (named in the log line).
+        what: the object's kind, for the log line ("DICOM SEG").
 
-    A folder (a DICOM series) gives the study and series of its first image file, without an SOP UID.
+    Returns:
+        ``path``, or None when the object could not be made.
     """
-    from common.io.dicom import _collect, _read_header
-
-    path = Path(path)
-    header = None
-    if path.is_file():
-        header = _read_header(path)
-    elif path.is_dir():
-        series = _collect(path)
-        if series:
-            header = max(series.values(), key=len)[0][1]
-    if header is None:
-        return {}
-    uids = {k: str(header.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
-    if path.is_file():
-        uids["SOPInstanceUID"] = str(header.get("SOPInstanceUID", ""))
-    return {k: v for k, v in uids.items() if v}
+    try:
+        dataset = build()
+    except Exception as e:
+        logger.error("%s: no %s written (%s: %s)", source, what, type(e).__name__, e)
+        return None
+    return save_dataset(dataset, path)
 
 
 def _algorithm(name: str, version: str) -> Any:

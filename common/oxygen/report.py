@@ -19,7 +19,7 @@ import torch
 
 from common.data.skip_bad import skipped_cases
 from common.io.atomic import atomic_write_json, atomic_write_text
-from common.io.dicom_results import source_uids
+from common.io.dicom_results import image_header, image_uids
 from common.io.naming import UniqueNames
 from common.metrics.calibration import calibration_summary, plot_reliability_diagram
 from common.metrics.classification import bootstrap_ci, roc_auc, sensitivity_specificity
@@ -296,9 +296,9 @@ class RiskWriter:
             # ids that differ only in characters a file name cannot hold ("a/b", "a_b") get _2, _3, ...
             name = self._names(_safe_name(c.ids[i]) or f"case{i}", c.ids[i])
             image = self._image_of(c.ids[i])
-            uids = source_uids(image) if image and record["image_used"] else {}
-            record.update(uids)
-            sr_written = bool(uids) and self.output_format != "json" and self._write_sr(name, image, risk)
+            header = image_header(image) if image and record["image_used"] else None
+            record.update(image_uids(header))
+            sr_written = header is not None and self.output_format != "json" and self._write_sr(name, image, header, risk)
             # with output_format dicom the SR replaces the JSON, unless the image made no valid SR
             if not (sr_written and self.output_format == "dicom"):
                 atomic_write_json(self.output_dir / f"{name}.json", record)
@@ -310,17 +310,12 @@ class RiskWriter:
                             for item in getattr(self.dataset, "data", None) or []}
         return self._images.get(str(encounter_id), "")
 
-    def _write_sr(self, name: str, image: str, risk: dict[str, dict[str, float]]) -> bool:
-        from common.io.dicom_results import classification_report, read_headers, save_dataset
+    def _write_sr(self, name: str, image: str, header: Any, risk: dict[str, dict[str, float]]) -> bool:
+        from common.io.dicom_results import classification_report, write_result
 
         risks = {f"{level} within {horizon}": p for horizon, levels in risk.items() for level, p in levels.items()}
-        try:
-            sr = classification_report(read_headers([image])[0], risks, None, self.bundle, self.version)
-        except Exception as e:  # the JSON and the CSV row stand; the image's header does not make a valid SR
-            logger.error("%s: no DICOM SR written (%s: %s)", image, type(e).__name__, e)
-            return False
-        save_dataset(sr, self.output_dir / f"{name}_sr.dcm")
-        return True
+        return write_result(lambda: classification_report(header, risks, None, self.bundle, self.version),
+                            self.output_dir / f"{name}_sr.dcm", image, "DICOM SR") is not None
 
     def _write_csv(self, engine) -> None:
         c = self.collector

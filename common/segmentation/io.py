@@ -196,7 +196,7 @@ class SaveLungSegDicomd(MapTransform):
         self._names = UniqueNames()
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        from common.io.dicom_results import lung_segmentation, save_dataset, series_headers
+        from common.io.dicom_results import lung_segmentation, series_headers, write_result
 
         d = dict(data)
         meta = getattr(d.get(self.meta_key), "meta", {}) or {}
@@ -207,17 +207,16 @@ class SaveLungSegDicomd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key]
             array = label.as_tensor().detach().cpu().numpy()
-            array = array[0] if array.ndim == 4 else array
-            try:
-                sources = series_headers(folder, str(meta.get("ct_series_uid", "")))
-                seg = lung_segmentation(array.astype(np.uint8), np.asarray(label.affine), sources, self.bundle,
-                                        self.version)
-            except Exception as e:  # the series makes no valid SEG: the NIfTI is written instead (SaveLabelMapd)
-                logger.error("%s: no DICOM SEG written (%s: %s); the NIfTI mask is", source, type(e).__name__, e)
-                continue
+            array = (array[0] if array.ndim == 4 else array).astype(np.uint8)
             stem = self._names(str(self.output_dir / case_name(str(source))), str(source))
-            path = save_dataset(seg, Path(f"{stem}{self.output_postfix}.dcm"))
-            label.meta["saved_dicom_to"] = str(path)
-            logger.info("wrote %s (DICOM SEG, %d frames)", path, len(seg.PerFrameFunctionalGroupsSequence))
+            # a series that makes no valid SEG is logged, and SaveLabelMapd writes its NIfTI instead
+            path = write_result(
+                lambda labels=array, affine=np.asarray(label.affine): lung_segmentation(
+                    labels, affine, series_headers(folder, str(meta.get("ct_series_uid", ""))), self.bundle,
+                    self.version),
+                Path(f"{stem}{self.output_postfix}.dcm"), source, "DICOM SEG")
+            if path is not None:
+                label.meta["saved_dicom_to"] = str(path)
+                logger.info("wrote %s (DICOM SEG)", path)
         return d
 
