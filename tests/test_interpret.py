@@ -66,7 +66,8 @@ def _dataset(render, n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.T
 # fixed geometry and exposure: the classes differ by the lesion (and speckle/noise) only, so the small
 # model has nothing else to learn and learns it in seconds
 OCT_FIXED = {"tilt_deg": [0.0, 0.0], "curvature": [0.5, 0.5], "fovea_offset_mm": [0.0, 0.0], "vignetting": [0.0, 0.0],
-             "rpe_depth_fraction": [0.62, 0.62], "speckle_looks": [3, 3], "dynamic_range_db": [42.0, 42.0]}
+             "rpe_depth_fraction": [0.62, 0.62], "speckle_looks": [3, 3], "dynamic_range_db": [42.0, 42.0],
+             "lesion_extent": [1.0, 1.0], "vessel_shadows": [0, 0]}
 
 
 def _render_oct(rng, diseased: bool):

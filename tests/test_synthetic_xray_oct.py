@@ -214,6 +214,31 @@ def test_cxr_brighter_where_bone_is(phantom):
     assert diff[bone].mean() > diff[body & ~bone].mean() + 5.0
 
 
+def test_cxr_from_real_ct_files(phantom, tmp_path):
+    """``ct_sources``: NIfTI CTs with a one-label lung mask beside them are projected instead of phantoms."""
+    import nibabel as nib
+
+    for name in ("Case_001", "Case_002"):
+        nib.save(nib.Nifti1Image(phantom.hu.astype(np.int16), phantom.affine), tmp_path / f"{name}_ct.nii.gz")
+        binary = (phantom.lung_label > 0).astype(np.uint8)  # both lungs in one label, as LCTSC ships them
+        nib.save(nib.Nifti1Image(binary, phantom.affine), tmp_path / f"{name}_lung.nii.gz")
+    config = {**FAST, "ct_sources": str(tmp_path / "*_ct.nii.gz"), "pool_size": 2}
+    out = cxr_mod.render_cxr(np.random.default_rng(0), size=96, pediatric=True, pattern="lobar", severity=0.8,
+                             config=config, base_index=1)
+    assert out["image"].shape == (96, 96) and out["lung_mask"].any()
+    # the split gave the lesion one lung: the consolidation lies on one side of the film only
+    cols = np.nonzero(out["lesion_mask"].any(axis=0))[0]
+    lung_cols = np.nonzero(out["lung_mask"].any(axis=0))[0]
+    middle = (lung_cols[0] + lung_cols[-1]) / 2
+    assert cols.size and (cols.max() < middle + 3 or cols.min() > middle - 3)
+    (tmp_path / "Case_002_lung.nii.gz").unlink()
+    with pytest.raises(InputDataError, match="Case_002_ct.nii.gz.*no lung mask"):
+        cxr_mod.render_cxr(np.random.default_rng(0), size=96, config={**config, "pool_seed": 1}, base_index=1)
+    with pytest.raises(InputDataError, match="no CT volume matches"):
+        cxr_mod.render_cxr(np.random.default_rng(0), size=96, config={**config, "ct_sources": str(tmp_path / "none*.nii")})
+
+
+
 @pytest.mark.parametrize("pediatric", [True, False])
 def test_cxr_lesion_inside_lungs_and_consolidation_brighter(pediatric):
     rng_state = 11

@@ -61,6 +61,11 @@ PATTERNS = ("none", "lobar", "interstitial")
 
 DEFAULT_RENDER: dict[str, Any] = {
     "pool_size": 8,  # base phantoms per kind (adult / pediatric), built once per process and reused
+    # real chest CTs projected instead of phantoms, as SyntheX projects real CT: a glob of NIfTI volumes in
+    # HU; each CT's lung mask is the file named by replacing ct_lung_names[0] with [1] in its name (one label
+    # or 1 right / 2 left). Base anatomy i of the pool is CT i modulo their number; "" uses phantoms.
+    "ct_sources": "",
+    "ct_lung_names": ["_ct.", "_lung."],
     "pool_seed": 20240,  # seed of the base phantoms (independent of the per-image rng)
     "phantom": {"table": False},  # overrides passed on to make_chest_phantom (an erect PA film has no table)
     "voxel_mm": {"adult": 3.0, "pediatric": 2.0},  # grid of the pool phantoms; finer phantoms are resampled
@@ -280,9 +285,41 @@ def _prepare_base(phantom: Any, pediatric_anatomy: bool, rng: np.random.Generato
     )
 
 
+def _load_ct_source(pattern: str, names: Any, index: int) -> Any:
+    """CT ``index`` (modulo their number) of the ``ct_sources`` glob, with its lungs split right/left."""
+    import glob
+    from types import SimpleNamespace
+
+    import nibabel as nib
+
+    from common.errors import InputDataError
+    from common.segmentation.transforms import split_binary_lungs
+    from common.transforms.body import body_mask
+
+    files = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not files:
+        raise InputDataError(pattern, "ct_sources: no CT volume matches this pattern")
+    ct_path = files[index % len(files)]
+    old, new = (str(n) for n in names)
+    lung_path = os.path.join(os.path.dirname(ct_path), os.path.basename(ct_path).replace(old, new))
+    if lung_path == ct_path or not os.path.isfile(lung_path):
+        raise InputDataError(ct_path, f"ct_sources: no lung mask {lung_path} beside it (ct_lung_names {names})")
+    ct, lung = nib.load(ct_path), nib.load(lung_path)
+    if ct.shape != lung.shape:
+        raise InputDataError(lung_path, f"lung mask shape {lung.shape} differs from its CT's {ct.shape}")
+    hu = np.asarray(ct.dataobj, dtype=np.float32)
+    label = np.asarray(lung.dataobj)
+    label = label.astype(np.uint8) if label.max() == 2 else split_binary_lungs(label > 0, ct.affine)
+    # the couch and anything else outside the patient would widen the film's "body": air instead
+    hu = np.where(body_mask(hu, ct.affine) | (label > 0), hu, np.float32(-1000.0))
+    return SimpleNamespace(hu=hu, lung_label=label, affine=ct.affine)
+
+
 def _get_base(pediatric: bool, index: int, cfg: dict) -> _Base:
     key = json.dumps(
         [
+            cfg["ct_sources"],
+            cfg["ct_lung_names"],
             pediatric,
             index,
             cfg["pool_seed"],
@@ -297,7 +334,10 @@ def _get_base(pediatric: bool, index: int, cfg: dict) -> _Base:
     if key not in _POOL:
         seq = np.random.SeedSequence([int(cfg["pool_seed"]), int(pediatric), int(index)])
         phantom_rng, anatomy_rng = (np.random.default_rng(s) for s in seq.spawn(2))
-        phantom = _make_phantom(phantom_rng, pediatric, cfg)
+        if cfg["ct_sources"]:
+            phantom = _load_ct_source(cfg["ct_sources"], cfg["ct_lung_names"], index)
+        else:
+            phantom = _make_phantom(phantom_rng, pediatric, cfg)
         _POOL[key] = _prepare_base(phantom, pediatric, anatomy_rng, cfg)
     return _POOL[key]
 

@@ -9,9 +9,10 @@ before the image is formed:
 
 * **DRUSEN**: dome-shaped deposits between the RPE and Bruch's membrane lift the RPE and the outer
   retina (the lesion mask is the deposit).
-* **CNV**: a hyperreflective fibrovascular lesion at and above the RPE, which it breaks through, with
-  a dome of dark sub-retinal fluid that detaches the neurosensory retina, sometimes a pigment-epithelial
-  detachment (the mask is lesion + fluid).
+* **CNV**: either under the RPE (type 1: one broad, irregular fibrovascular pigment-epithelial
+  detachment filled with heterogeneous tissue, sometimes serous) or above it (type 2: hyperreflective
+  material breaking through the RPE), usually with a dome of dark sub-retinal fluid, sometimes with
+  intraretinal cysts, the retina thickened over it (the mask is lesion + fluid).
 * **DME**: a thickened retina (inner and outer nuclear and plexiform layers swell, the foveal pit fills
   in) with dark cystoid fluid spaces in the INL and OPL/ONL, hyperreflective foci, sometimes a shallow
   sub-retinal fluid (the mask is the fluid).
@@ -19,7 +20,11 @@ before the image is formed:
 Image formation: per pixel reflectivity, round-trip attenuation along each A-scan (so dense lesions
 shadow the choroid), the depth roll-off of spectral-domain OCT, lateral vignetting, spatially
 correlated multiplicative speckle (the squared magnitude of a smoothed complex Gaussian field, averaged
-over a few looks like frame averaging does), an additive noise floor and a logarithmic display.
+over a few looks like frame averaging does), an additive noise floor, shadows of retinal vessels down the
+A-scans, and a logarithmic display with the export's grey curve. The layer reflectivities were set so the
+median A-scan of a synthetic NORMAL scan follows that of real Spectralis scans (OCT2017 NORMAL, aligned at
+the RPE), and the image's grey-level percentiles those of the real scans. ``simulate_export`` then rotates
+and shifts a share of the scans with white fill, as registered viewer exports are.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from scipy import ndimage
 from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
 from common.synthetic.config import load_config, merge_config, write_dataset_yaml
 
-__all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "generate_oct"]
+__all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "simulate_export", "generate_oct"]
 
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 
@@ -50,38 +55,54 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "write_masks": True,
     "num_workers": 1,  # processes rendering in parallel (the files are identical for any value)
     "render": {
-        "scan_width_mm": [5.5, 6.5],  # lateral extent of the B-scan
-        "depth_um": [1000.0, 1400.0],  # axial extent shown in the image
-        "rpe_depth_fraction": [0.55, 0.72],  # where the RPE sits at the scan centre, fraction of the height
-        "tilt_deg": [-4.0, 4.0],  # tilt of the retina across the scan
-        "curvature": [-0.5, 2.0],  # RPE bow, um per mm^2 x 10 (positive: the edges rise)
-        "fovea_offset_mm": [-0.6, 0.6],
-        "thickness_scale": [0.9, 1.1],  # individual variation of retinal thickness
-        "speckle_looks": [1, 3],  # frames averaged (fewer looks = grainier)
+        # geometry and look of a Heidelberg Spectralis macular B-scan, the scanner of OCT2017: 496 rows of
+        # 3.9 um (1.9 mm deep), 512-1536 columns over 6-9 mm; the retina fills about a seventh of the depth
+        "scan_width_mm": [5.5, 9.0],  # lateral extent of the B-scan
+        "depth_um": [1850.0, 1980.0],  # axial extent shown in the image
+        "rpe_depth_fraction": [0.3, 0.62],  # where the RPE sits at the scan centre, fraction of the height
+        "tilt_deg": [-8.0, 8.0],  # tilt of the retina across the scan
+        "curvature": [-0.5, 5.0],  # RPE bow, um per mm^2 x 10 (positive: the edges rise)
+        "fovea_offset_mm": [-0.8, 0.8],
+        "thickness_scale": [0.9, 1.2],  # individual variation of retinal thickness
+        "choroid_reflectivity": [0.12, 0.3],  # choroidal stroma, darker than the RPE, fading with depth
+        "vessel_shadows": [0, 6],  # inclusive range of retinal vessels casting a shadow down the A-scans
+        "lesion_extent": [0.4, 1.0],
+        "rpe_irregularity_um": [1.0, 5.0],  # amplitude of the RPE's fine undulation, any class
+        "cnv_ped_probability": 0.5,  # CNV under the RPE (type 1, fibrovascular PED) rather than above it  # scales lesion size: real disease runs from a few small cysts to large
+        "speckle_looks": [2, 8],  # frames averaged (fewer looks = grainier)
         "speckle_grain_px": [0.6, 1.0],  # speckle correlation length (rows; columns are 1.6x)
-        "noise_floor": [0.001, 0.004],
-        "dynamic_range_db": [38.0, 46.0],
+        "noise_floor": [0.001, 0.005],
+        "dynamic_range_db": [44.0, 52.0],
+        "display_gamma": [1.3, 1.9],  # the export's grey-scale curve on top of the log display
         "vignetting": [0.0, 0.5],  # fractional intensity loss at the lateral edges
         "rolloff_um": [1500.0, 3000.0],  # 1/e depth of the SD-OCT sensitivity roll-off
     },
+    "export": {
+        # the viewer's export: B-scans registered to the fundus image are rotated and shifted, and the
+        # uncovered corners filled white (a tenth of OCT2017's scans show such wedges)
+        "fill_probability": 0.35,
+        "rotation_deg": [-6.0, 6.0],
+        "shift_fraction": [0.0, 0.06],  # vertical shift, fraction of the height
+    },
 }
 
-# reflectivity of each layer (linear, before speckle), from the vitreous down to the sclera
+# reflectivity of each layer (linear, before speckle), from the vitreous down to the sclera; the ratios
+# give Spectralis' median A-scan profile of a normal macula (OCT2017 NORMAL scans, aligned at the RPE)
 _LAYERS = (
-    ("vitreous", 0.004),
-    ("RNFL", 0.55),
-    ("GCL", 0.22),
-    ("IPL", 0.36),
-    ("INL", 0.11),
-    ("OPL", 0.34),
-    ("ONL", 0.06),
-    ("ELM", 0.30),
-    ("myoid", 0.08),
-    ("EZ", 0.72),
-    ("IZ", 0.30),
+    ("vitreous", 0.002),
+    ("RNFL", 0.2),
+    ("GCL", 0.08),
+    ("IPL", 0.12),
+    ("INL", 0.045),
+    ("OPL", 0.11),
+    ("ONL", 0.03),
+    ("ELM", 0.1),
+    ("myoid", 0.035),
+    ("EZ", 0.4),
+    ("IZ", 0.15),
     ("RPE", 0.90),
-    ("choroid", 0.42),
-    ("sclera", 0.22),
+    ("choroid", 0.42),  # replaced per scan by ``choroid_reflectivity``
+    ("sclera", 0.03),
 )
 BOUNDARY_NAMES = (
     "ILM",
@@ -129,6 +150,29 @@ def _layer_thicknesses(r_mm: np.ndarray, nasal: np.ndarray, scale: float) -> dic
     return {k: v * scale for k, v in t.items()}
 
 
+def _intraretinal_cysts(
+    rng: np.random.Generator, b: dict[str, np.ndarray], x: np.ndarray, yy: np.ndarray, centre: float, n: int
+) -> np.ndarray:
+    """Mask of ``n`` cystoid fluid spaces in the INL, OPL and ONL around ``centre`` (mm across the scan)."""
+    cysts = np.zeros((yy.shape[0], x.shape[0]), dtype=bool)
+    for _ in range(n):
+        cx = centre + rng.normal(0, 0.7)
+        ci = int(np.clip(np.searchsorted(x, cx), 0, x.shape[0] - 1))
+        layer = rng.choice(["INL", "OPL", "ONL"], p=[0.4, 0.25, 0.35])
+        lo_b, hi_b = {
+            "INL": ("IPL/INL", "INL/OPL"),
+            "OPL": ("INL/OPL", "OPL/ONL"),
+            "ONL": ("OPL/ONL", "ELM_top"),
+        }[layer]
+        lo, hi = b[lo_b][ci], b[hi_b][ci]
+        cy = rng.uniform(lo, hi)
+        ry = max(rng.uniform(0.35, 0.7) * (hi - lo), 8.0)
+        rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
+        inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
+        cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
+    return cysts
+
+
 def render_oct(
     rng: np.random.Generator,
     label: str = "NORMAL",
@@ -163,12 +207,17 @@ def render_oct(
     nasal = np.clip(nasal_side * (x - fovea) / 3.0, 0.0, 1.0)
     scale = _u(rng, cfg["thickness_scale"])
     thick = _layer_thicknesses(r, nasal, scale)
+    extent = _u(rng, cfg["lesion_extent"])
+    um_per_col = width_mm * 1000.0 / w
 
     # RPE top (um below the top of the image): tilt + bow + a gentle wobble
     tilt = np.tan(np.deg2rad(_u(rng, cfg["tilt_deg"]))) * 1000.0  # um per mm
     bow = _u(rng, cfg["curvature"]) * 10.0
     wobble = ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 12) * 40.0
     rpe_top = _u(rng, cfg["rpe_depth_fraction"]) * depth_um + tilt * x - bow * x**2 + wobble
+    # an ageing RPE is never a ruled line: small undulations tens of um long, in every class
+    ripple_cols = max(20.0 / um_per_col, 1.0)
+    rpe_top = rpe_top + ndimage.gaussian_filter1d(rng.normal(0, 1, w), ripple_cols) * _u(rng, cfg["rpe_irregularity_um"]) * np.sqrt(ripple_cols)
     rpe_thick = np.full(w, 22.0 * scale) + ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 30) * 3.0
     choroid = 200.0 + 80.0 * np.exp(-(((x - fovea) / 3.0) ** 2)) + rng.normal(0, 30)
 
@@ -185,30 +234,39 @@ def render_oct(
     srf_height = np.zeros(w)
     swell = np.ones(w)  # thickening factor of the nuclear and plexiform layers (DME)
     pit_fill = 0.0
+    cnv_cysts = False
     if label == "DRUSEN":
-        n = int(rng.integers(1, 7))
+        n = int(rng.integers(1, 2 + int(round(6 * extent))))
         for _ in range(n):
             c = fovea + rng.normal(0, 0.9)
-            drusen_height += _dome(x, c, rng.uniform(0.12, 0.4), rng.uniform(20, 85), power=0.7)
+            drusen_height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, rng.uniform(20, 85) * extent, power=0.7)
         drusen_height = np.minimum(drusen_height, 160.0)
         bruch_lift = drusen_height
     elif label == "CNV":
         c = fovea + rng.normal(0, 0.4)
-        cnv_height = _dome(x, c, rng.uniform(0.4, 1.0), rng.uniform(40, 150), power=0.8)
-        cnv_height *= 1.0 + 0.25 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 40)
-        cnv_height = np.clip(cnv_height, 0, None)
-        if rng.random() < 0.85:
-            srf_height = _dome(
-                x, c + rng.normal(0, 0.3), rng.uniform(0.6, 1.8), rng.uniform(30, 160), power=0.9
-            )
-        if rng.random() < 0.35:
-            ped_height = _dome(
-                x, c + rng.normal(0, 0.2), rng.uniform(0.4, 0.9), rng.uniform(50, 180), power=0.7
-            )
+        ped_type = rng.random() < float(cfg["cnv_ped_probability"])
+        if ped_type:
+            # type 1: a fibrovascular pigment-epithelial detachment, one broad irregular elevation of the RPE
+            # filled with heterogeneous material (drusen are several small smooth domes)
+            ped_height = _dome(x, c, rng.uniform(0.4, 1.2) * extent, rng.uniform(60, 220) * extent, power=0.6)
+            ped_height *= 1.0 + 0.35 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), max(w / 60, 1.0))
+            ped_height = np.clip(ped_height, 0, None)
             bruch_lift = ped_height
+        else:
+            # type 2: hyperreflective material above the RPE, which it breaks through
+            cnv_height = _dome(x, c, rng.uniform(0.3, 1.0) * extent, rng.uniform(40, 150) * extent, power=0.8)
+            cnv_height *= 1.0 + 0.25 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 40)
+            cnv_height = np.clip(cnv_height, 0, None)
+        if rng.random() < (0.55 if ped_type else 0.85):
+            srf_height = _dome(
+                x, c + rng.normal(0, 0.3), rng.uniform(0.4, 1.8) * extent, rng.uniform(30, 160) * extent, power=0.9
+            )
         sub_retinal = cnv_height + srf_height
+        # exudation into the retina: the retina thickens over the lesion, sometimes with cysts
+        swell = 1.0 + rng.uniform(0.0, 0.4) * extent * np.exp(-(((x - c) / rng.uniform(0.6, 1.4)) ** 2))
+        cnv_cysts = rng.random() < 0.35
     elif label == "DME":
-        swell = 1.0 + rng.uniform(0.3, 1.0) * np.exp(-(((x - fovea) / rng.uniform(0.8, 1.8)) ** 2))
+        swell = 1.0 + rng.uniform(0.2, 1.0) * extent * np.exp(-(((x - fovea) / rng.uniform(0.8, 1.8)) ** 2))
         pit_fill = rng.uniform(0.4, 0.9)
         if rng.random() < 0.3:
             srf_height = _dome(
@@ -256,20 +314,26 @@ def render_oct(
     ordered = [b[name] for name in BOUNDARY_NAMES]
 
     # ---- reflectivity with anti-aliased boundaries ----
-    refl = np.full((h, w), _LAYERS[0][1], dtype=np.float32)
+    layer_refl = [v for _, v in _LAYERS]
+    layer_refl[-2] = _u(rng, cfg["choroid_reflectivity"])
+    refl = np.full((h, w), layer_refl[0], dtype=np.float32)
     yy_px = (yy / np.float32(um_per_px) + np.float32(0.5)).astype(np.float32)
     for k, bound in enumerate(ordered):
         step = yy_px - (bound / um_per_px).astype(np.float32)[None, :]
         np.clip(step, 0.0, 1.0, out=step)
-        step *= np.float32(_LAYERS[k + 1][1] - _LAYERS[k][1])
+        step *= np.float32(layer_refl[k + 1] - layer_refl[k])
         refl += step
     # choroid: large dark vessel lumens in stroma (Haller's layer), a smooth texture elsewhere
     choroid_band = (yy > bruch[None, :]) & (yy < b["choroid/sclera"][None, :])
-    vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (2.5, 5.0))
+    # lumens of 20-100 um: the smoothing is set in um, so it holds at any pixel size
+    sigma = (max(12.0 / um_per_px, 1.0), max(30.0 / um_per_col, 1.0))
+    vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), sigma)
     vessels /= vessels.std() + 1e-6
     depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
     lumen = (vessels > 0.6 - 0.5 * depth_in_choroid) & choroid_band
-    refl = np.where(lumen, np.float32(0.10), refl)
+    refl = np.where(lumen, np.float32(0.5) * refl, refl)
+    # the stroma is brightest under Bruch's membrane (choriocapillaris) and fades towards the sclera
+    refl = np.where(choroid_band, refl * (1.0 - 0.6 * depth_in_choroid).astype(np.float32), refl)
     # gentle lateral texture in every layer (vessels, reflectivity variation)
     refl *= (
         1.0 + 0.15 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (1.0, 6.0)) * 3.0
@@ -299,26 +363,20 @@ def render_oct(
         tex = 0.65 + 0.25 * ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 2.0) * 4.0
         refl = np.where(les, np.clip(tex, 0.3, 1.0).astype(np.float32), refl)
         ped = (yy >= (rpe_top_d + rpe_thick)[None, :]) & (yy < bruch[None, :]) & (ped_height[None, :] > 2)
-        refl = np.where(ped, np.float32(0.03), refl)
+        # a fibrovascular PED is filled with heterogeneous, moderately reflective tissue; a serous one is dark
+        if rng.random() < 0.75:
+            fibro = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (2.0, 4.0))
+            fibro = np.clip(0.3 + 0.15 * fibro / (fibro.std() + 1e-6), 0.08, 0.7).astype(np.float32)
+        else:
+            fibro = np.full((h, w), 0.03, dtype=np.float32)
+        refl = np.where(ped, fibro, refl)
         lesion_masks += [srf, les, ped]
+        if cnv_cysts:
+            cysts = _intraretinal_cysts(rng, b, x, yy, c, int(rng.integers(1, 6)))
+            refl = np.where(cysts, np.float32(0.012), refl)
+            lesion_masks.append(cysts)
     elif label == "DME":
-        cysts = np.zeros((h, w), dtype=bool)
-        n = int(rng.integers(3, 14))
-        for _ in range(n):
-            cx = fovea + rng.normal(0, 0.7)
-            ci = int(np.clip(np.searchsorted(x, cx), 0, w - 1))
-            layer = rng.choice(["INL", "OPL", "ONL"], p=[0.4, 0.25, 0.35])
-            lo_b, hi_b = {
-                "INL": ("IPL/INL", "INL/OPL"),
-                "OPL": ("INL/OPL", "OPL/ONL"),
-                "ONL": ("OPL/ONL", "ELM_top"),
-            }[layer]
-            lo, hi = b[lo_b][ci], b[hi_b][ci]
-            cy = rng.uniform(lo, hi)
-            ry = max(rng.uniform(0.35, 0.7) * (hi - lo), 8.0)
-            rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
-            inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
-            cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
+        cysts = _intraretinal_cysts(rng, b, x, yy, fovea, int(rng.integers(1, 2 + int(round(12 * extent)))))
         refl = np.where(cysts, np.float32(0.012), refl)
         # hyperreflective foci (lipid exudates) in the outer plexiform layer
         for _ in range(int(rng.integers(0, 6))):
@@ -333,13 +391,26 @@ def render_oct(
 
     # ---- image formation ----
     refl = np.clip(refl, 0.0, 1.2)
-    mu = (0.0004 + 0.0035 * refl).astype(np.float32)  # attenuation per um, scattering tissue attenuates
+    mu = (0.0002 + 0.0015 * refl).astype(np.float32)  # attenuation per um, scattering tissue attenuates
     mu[yy[:, 0] < 0] = 0
     attenuation = np.exp(-2.0 * np.cumsum(mu, axis=0) * np.float32(um_per_px))
     rolloff = np.exp(-rows / _u(rng, cfg["rolloff_um"]))[:, None]
     xn = (np.arange(w) - (w - 1) / 2) / ((w - 1) / 2)
     vignette = 1.0 - _u(rng, cfg["vignetting"]) * xn[None, :] ** 2
     signal = refl * attenuation * rolloff * vignette
+    # retinal vessels in the inner retina: a bright cross-section that shadows everything beneath it
+    lo_n, hi_n = (int(v) for v in cfg["vessel_shadows"])
+    for _ in range(int(rng.integers(lo_n, hi_n + 1))):
+        cx = rng.uniform(x[0], x[-1])
+        half = rng.uniform(20.0, 60.0) / 1000.0  # vessel radius, mm
+        cols = np.abs(x - cx) < half
+        if not cols.any():
+            continue
+        depth = float(np.median(b["RNFL/GCL"][cols])) + rng.uniform(-10.0, 25.0)
+        below = (yy > depth + half * 1000.0) & cols[None, :]
+        signal = np.where(below, signal * np.float32(rng.uniform(0.4, 0.85)), signal)
+        vessel = ((yy - depth) / (half * 1000.0)) ** 2 + (((x[None, :] - cx) / half) ** 2) < 1.0
+        signal = np.where(vessel, np.maximum(signal, np.float32(0.2) * attenuation), signal)
     looks = int(rng.integers(int(cfg["speckle_looks"][0]), int(cfg["speckle_looks"][1]) + 1))
     grain = _u(rng, cfg["speckle_grain_px"])
     speckle = np.zeros((h, w), dtype=np.float32)
@@ -352,9 +423,9 @@ def render_oct(
     noise = rng.exponential(floor, (h, w)).astype(np.float32)
     intensity = signal * speckle + noise
     db = 10.0 * np.log10(np.maximum(intensity, 1e-8))
-    top = np.percentile(db, 99.7)
+    top = np.percentile(db, 99.9)
     rng_db = _u(rng, cfg["dynamic_range_db"]) * 0.5  # intensity dB: half the amplitude range
-    image = np.clip((db - (top - rng_db)) / rng_db, 0.0, 1.0)
+    image = np.clip((db - (top - rng_db)) / rng_db, 0.0, 1.0) ** _u(rng, cfg["display_gamma"])
     image = (image * 255.0 + 0.5).astype(np.uint8)
 
     mask = np.zeros((h, w), dtype=np.uint8)
@@ -370,6 +441,36 @@ def render_oct(
     }
 
 
+def simulate_export(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, config: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate and shift a B-scan as a registered viewer export does, filling the uncovered area white.
+
+    Args:
+        rng: random generator.
+        image: (H, W) uint8 B-scan from :func:`render_oct`.
+        mask: (H, W) lesion mask on the same grid (moved with the image, filled with 0).
+        config: overrides of ``DEFAULT_CONFIG["export"]``.
+
+    Returns:
+        the exported image and mask (unchanged when this scan draws no fill).
+    """
+    cfg = merge_config(DEFAULT_CONFIG["export"], config, source="export config")
+    if rng.random() >= float(cfg["fill_probability"]):
+        return image, mask
+    angle = _u(rng, cfg["rotation_deg"])
+    shift = _u(rng, cfg["shift_fraction"]) * image.shape[0] * rng.choice([-1.0, 1.0])
+    # the fill is marked by rotating a coverage map, so JPEG-like grey at the border stays the scan's
+    covered = ndimage.rotate(np.ones(image.shape, np.float32), angle, reshape=False, order=1, cval=0.0)
+    covered = ndimage.shift(covered, (shift, 0.0), order=1, cval=0.0) > 0.5
+    moved = ndimage.rotate(image.astype(np.float32), angle, reshape=False, order=1, mode="nearest")
+    moved = ndimage.shift(moved, (shift, 0.0), order=1, mode="nearest")
+    moved_mask = ndimage.rotate(mask, angle, reshape=False, order=0, cval=0)
+    moved_mask = ndimage.shift(moved_mask, (shift, 0.0), order=0, cval=0)
+    out = np.where(covered, np.clip(moved + 0.5, 0, 255), 255.0).astype(np.uint8)
+    return out, (moved_mask * covered).astype(mask.dtype)
+
+
 def _patients_for(rng: np.random.Generator, n_images: int, per_patient: Any) -> list[int]:
     """Split ``n_images`` into per-patient B-scan counts."""
     lo, hi = int(per_patient[0]), int(per_patient[1])
@@ -380,12 +481,14 @@ def _patients_for(rng: np.random.Generator, n_images: int, per_patient: Any) -> 
 
 
 def _write_oct_job(args: tuple) -> None:
-    (out, size, render_cfg, quality, write_masks), (split, cls, pid, n), seed = args
-    sample = render_oct(np.random.default_rng(seed), cls, size=size, config=render_cfg)
+    (out, size, render_cfg, export_cfg, quality, write_masks), (split, cls, pid, n), seed = args
+    rng = np.random.default_rng(seed)
+    sample = render_oct(rng, cls, size=size, config=render_cfg)
+    image, mask = simulate_export(rng, sample["image"], sample["lesion_mask"], export_cfg)
     rel = Path("OCT2017") / split / cls / f"{cls}-{pid}-{n}.jpeg"
-    save_gray_jpeg(out / rel, sample["image"], quality=quality)
+    save_gray_jpeg(out / rel, image, quality=quality)
     if write_masks:
-        save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), sample["lesion_mask"])
+        save_mask_png(out / "lesion_masks" / rel.with_suffix(".png"), mask)
 
 
 def generate_oct(
@@ -426,7 +529,7 @@ def generate_oct(
                 for n in range(1, count + 1):
                     jobs.append((split, cls, pid, n))
     seeds = rng.integers(0, 2**63 - 1, size=len(jobs))
-    task = (out, size, cfg["render"], int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
+    task = (out, size, cfg["render"], cfg["export"], int(cfg["jpeg_quality"]), bool(cfg["write_masks"]))
     parallel_map(
         _write_oct_job, [(task, job, int(s)) for job, s in zip(jobs, seeds)], cfg["num_workers"], "oct"
     )
