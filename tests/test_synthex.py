@@ -1,0 +1,148 @@
+"""scripts/synthex.py: train on synthetic data only, score on "real" data, write the transfer table.
+
+The real folders of ``../shared/data`` are replaced here by small generated stand-ins in the same layouts
+(OCT2017 class folders, ChestXRay2017 ``NORMAL/`` + ``PNEUMONIA/``), so the whole chain runs in a minute:
+generator -> the bundle's ``train.yaml`` -> ``evaluate.yaml`` on the stand-in -> ``synthex.md`` /
+``synthex.json``, and a second call reuses the trained weights instead of training again. Where the real
+folders are present, the experiment's default inputs are checked to read (folds and datalists build).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+OCT_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+
+
+def _synthex():
+    spec = importlib.util.spec_from_file_location("synthex", REPO / "scripts" / "synthex.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def synthex():
+    return _synthex()
+
+
+def _oct_stand_in(tmp_path: Path) -> Path:
+    from common.synthetic.oct import generate_oct
+
+    generate_oct(tmp_path / "src", config={"image_size": [96, 128], "scans_per_patient": [1, 2],
+                                           "splits": {"train": dict.fromkeys(OCT_CLASSES, 4), "test": dict.fromkeys(OCT_CLASSES, 0)}},
+                 seed=11)
+    real = tmp_path / "real_oct"
+    shutil.copytree(tmp_path / "src" / "OCT2017" / "train", real)
+    return real
+
+
+def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
+    import oct_crossval
+
+    real = _oct_stand_in(tmp_path)
+    folds = tmp_path / "folds.json"
+    oct_crossval.folds(str(real), n_folds=2, out=str(folds))
+    config = tmp_path / "oct.yaml"
+    config.write_text(yaml.safe_dump({"image_size": [96, 128], "scans_per_patient": [1, 1],
+                                      "splits": {"train": dict.fromkeys(OCT_CLASSES, 10), "test": dict.fromkeys(OCT_CLASSES, 0)}}))
+    out = tmp_path / "out"
+    md = synthex.oct(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds),
+                     max_epochs=1, num_workers=0, image_size=64)
+    table = Path(md).read_text()
+    assert "| figure | synthetic only |" in table and "accuracy" in table
+    summary = json.loads((out / "synthex.json").read_text())
+    assert summary["task"] == "oct" and summary["real"] == "real_oct"
+    assert Path(summary["synthetic_training"]["checkpoint"]).is_file()
+    pooled = json.loads((out / "synthetic_only" / "crossval.json").read_text())["pooled"]
+    assert pooled["n_images"] == len(list(real.rglob("*.jpeg")))  # every stand-in scan scored once
+    # the same call again reuses the data and the weights (no second training)
+    synthex.oct(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds), max_epochs=1,
+                num_workers=0, image_size=64)
+    assert json.loads((out / "synthex.json").read_text())["synthetic_training"]["reused"] is True
+    with pytest.raises(SystemExit, match="unknown arm"):
+        synthex.oct(out=str(out), real=str(real), arms="synthetic,imagenet")
+
+
+def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path):
+    from common.synthetic.cxr import generate_pneumonia_cxr
+
+    split = {"NORMAL": 8, "BACTERIAL": 8, "VIRAL": 8}
+    generate_pneumonia_cxr(tmp_path / "src", config={"image_size": 64, "splits": {"train": split, "test": {}},
+                                                     "write_masks": False, "render": {"pool_size": 2}}, seed=5)
+    real = tmp_path / "real_cxr"
+    shutil.copytree(tmp_path / "src" / "chest_xray" / "train", real)
+    config = tmp_path / "cxr.yaml"
+    config.write_text(yaml.safe_dump({"image_size": 64, "splits": {"train": split, "test": {}}, "write_masks": False,
+                                      "render": {"pool_size": 2}}))
+    out = tmp_path / "out"
+    md = synthex.pneumonia(out=str(out), real=str(real), synthetic_config=str(config), shipped="", max_epochs=1,
+                           num_workers=0, image_size=64, batch_size=8)
+    table = Path(md).read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| synthetic only")]
+    assert len(rows) == 2  # every stand-in film, and the validation split
+    scores = json.loads((out / "synthex.json").read_text())["scores"]
+    assert scores["real_all"]["n"] == len(list(real.rglob("*.jpeg")))
+    assert 0.0 <= scores["real_all"]["auroc"]["value"] <= 1.0
+    assert scores["real_validation"]["n"] < scores["real_all"]["n"]
+
+
+def test_dice_by_case_reads_both_record_forms(synthex):
+    evaluate_cases = [{"image": "/d/Case_003_ct.nii.gz", "metrics": {"dice_both_lungs": 0.9}}]
+    crossval_cases = [{"case": "Case_003", "metrics": {"both_lungs": {"dice": 0.95}}}]
+    assert synthex._dice_by_case(evaluate_cases) == {"Case_003": 0.9}
+    assert synthex._dice_by_case(crossval_cases) == {"Case_003": 0.95}
+    ci = synthex.bootstrap_mean([0.8, 0.9, 1.0], n_boot=200)
+    assert ci["value"] == pytest.approx(0.9) and 0.8 <= ci["ci_low"] <= 0.9 <= ci["ci_high"] <= 1.0
+
+
+@pytest.mark.skipif(not (SHARED / "oct2017_samples48").is_dir() or not (SHARED / "lctsc_train9").is_dir(),
+                    reason="real data (../shared/data) not present")
+def test_real_defaults_read(synthex, tmp_path):
+    import lung_crossval
+    import oct_crossval
+
+    oct_lists = oct_crossval.write_datalists(SHARED / "oct2017_samples48", tmp_path / "oct")
+    assert len(json.loads(oct_lists["all"].read_text())["testing"]) == 48
+    lung_lists = lung_crossval.write_datalists(SHARED / "lctsc_train9", tmp_path / "lung")
+    assert len(json.loads(Path(lung_lists["all"]).read_text())["testing"]) == 9
+    assert Path(synthex.lung.__defaults__[2]).is_file() and Path(synthex.oct.__defaults__[2]).is_file()
+    assert Path(synthex.pneumonia.__defaults__[2]).is_file()
+
+
+def test_oct_export_fill_is_white_and_moves_the_mask():
+    from common.synthetic.oct import render_oct, simulate_export
+
+    rng = np.random.default_rng(3)
+    sample = render_oct(rng, "DRUSEN", size=(96, 128))
+    image, mask = simulate_export(rng, sample["image"], sample["lesion_mask"],
+                                  {"fill_probability": 1.0, "rotation_deg": [5.0, 5.0], "shift_fraction": [0.05, 0.05]})
+    assert image.shape == sample["image"].shape and mask.shape == sample["lesion_mask"].shape
+    assert (image == 255).mean() > 0.03  # rotated corners and the shifted band are filled white
+    assert 0 < mask.sum() and mask[image == 255].sum() == 0  # no lesion in the fill
+    same, same_mask = simulate_export(rng, sample["image"], sample["lesion_mask"], {"fill_probability": 0.0})
+    assert same is sample["image"] and same_mask is sample["lesion_mask"]
+
+
+
+def test_oct_realism_compares_a_stand_in(tmp_path):
+    spec = importlib.util.spec_from_file_location("oct_realism", REPO / "scripts" / "oct_realism.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = _oct_stand_in(tmp_path)
+    out = module.main(real=str(real), n_synthetic=8, seed=1)
+    for name in ("real", "synthetic"):
+        p10, p50, p90, p99 = out[name]["percentiles"]
+        assert 0 <= p10 <= p50 <= p90 <= p99 <= 255
+        profile = np.asarray(out[name]["normal_profile"])
+        assert profile.shape == (160,)
+        assert profile[60] >= profile.max() - 60  # the alignment row (the RPE) is among the brightest
