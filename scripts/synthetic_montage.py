@@ -1,6 +1,7 @@
 """Picture montages of the synthetic data sets, for docs/synthetic_data.md.
 
     python scripts/synthetic_montage.py [--out docs/images] [--datasets ct,pneumonia,oct,oxygen] [--seed 0]
+    python scripts/synthetic_montage.py --real ../shared/data     # real | synthetic side by side
 
 Writes one PNG per data set (kept small enough to commit):
 
@@ -8,6 +9,7 @@ Writes one PNG per data set (kept small enough to commit):
     synthetic_pneumonia.png   pediatric CXRs per class (NORMAL, BACTERIAL, VIRAL), lesion and lung outlines
     synthetic_oct.png         OCT B-scans per class (CNV, DME, DRUSEN, NORMAL), lesion outlines
     synthetic_oxygen_cxr.png  adult CXRs by lung-opacity severity (the images of the oxygen-risk cohort)
+    real_vs_synthetic_{ct,cxr,oct}.png  with --real: real images beside synthetic ones, same window and size
 
 Outlines are drawn on the last image of each row only, so the others show the data as a model sees it.
 """
@@ -205,6 +207,86 @@ def montage_oxygen(out: Path, seed: int, tile: int) -> Path:
     return _save_small(img, out / "synthetic_oxygen_cxr.png")
 
 
+def _gray_tile(path: Path, tile: int, aspect: float) -> np.ndarray:
+    """A real image file as a grey tile ``tile`` wide, squashed to ``aspect`` (height / width)."""
+    with Image.open(path) as im:
+        gray = np.asarray(im.convert("L"))
+    return np.asarray(Image.fromarray(_rgb(gray)).resize((tile, int(round(tile * aspect))), Image.BILINEAR))
+
+
+def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int = 4) -> list[Path]:
+    """Real | synthetic montages at the same window and size, one PNG per modality (``real_vs_synthetic_*.png``).
+
+    Args:
+        out: output folder.
+        real: the folder holding ``lctsc_train9/``, ``chest_xray2017_train224/`` and ``oct2017_samples48/``.
+        seed: random seed of the synthetic samples.
+        tile: width of each picture in pixels.
+        per_row: pictures per row.
+
+    Returns:
+        the paths written.
+    """
+    import glob
+
+    import nibabel as nib
+
+    from common.synthetic.ct_phantom import make_chest_phantom
+    from common.synthetic.cxr import render_cxr
+    from common.synthetic.oct import CLASSES, render_oct, simulate_export
+
+    written = []
+    # CT: mid-lung axial slices, lung window, both at 2 mm pixels
+    real_ct, synth_ct = [], []
+    for path in sorted(glob.glob(str(real / "lctsc_train9" / "*_ct.nii.gz")))[:per_row]:
+        img = nib.as_closest_canonical(nib.load(path))
+        hu = np.asarray(img.dataobj, dtype=np.float32)
+        lung = np.asarray(nib.as_closest_canonical(nib.load(path.replace("_ct.", "_lung."))).dataobj) > 0
+        k = int(round(ndimage.center_of_mass(lung)[2]))
+        sx, sy = (float(v) for v in img.header.get_zooms()[:2])
+        real_ct.append(_resize(_rgb(_ct_view(hu[:, :, k])), tile, sy / sx))  # RAS, as the phantoms
+    for k in range(per_row):
+        phantom = make_chest_phantom(np.random.default_rng([seed, 700 + k]), {"in_plane_spacing_mm": 2.0,
+                                                                            "slice_spacing_mm": [3.0, 3.0]})
+        kk = int(round(ndimage.center_of_mass(phantom.lung_label > 0)[2]))
+        sx, sy = (float(v) for v in phantom.spacing[:2])
+        synth_ct.append(_resize(_rgb(_ct_view(phantom.hu[:, :, kk])), tile, sy / sx))
+    img = _grid([("real: LCTSC chest CT (TCIA)", real_ct), ("synthetic: CT phantoms", synth_ct)],
+                "Chest CT, real | synthetic: mid-lung axial slices, lung window W1500 L-600", tile)
+    written.append(_save_small(img, out / "real_vs_synthetic_ct.png"))
+
+    # CXR: real pediatric films (224 px copies) | films from phantoms | films from the real CTs
+    films = sorted(glob.glob(str(real / "chest_xray2017_train224" / "*" / "*.jpeg")))
+    picks = [films[i] for i in np.random.default_rng(seed).choice(len(films), per_row, replace=False)]
+    patterns = ("none", "lobar", "interstitial", "lobar")
+    from_phantoms = [_rgb(render_cxr(np.random.default_rng([seed, 800, k]), 224, True, patterns[k % 4], 0.7)["image"])
+                     for k in range(per_row)]
+    ct_cfg = {"ct_sources": str(real / "lctsc_train9" / "*_ct.nii.gz"), "pool_size": 9,
+              "fill_fraction": [0.88, 1.05], "i0_photons": [20000.0, 80000.0]}
+    from_cts = [_rgb(render_cxr(np.random.default_rng([seed, 900, k]), 224, True, patterns[k % 4], 0.7,
+                                config=ct_cfg, base_index=k)["image"]) for k in range(per_row)]
+    img = _grid([("real: ChestXRay2017 (Kermany et al., CC BY 4.0), 224 px copies", [_gray_tile(Path(f), tile, 1.0) for f in picks]),
+                 ("synthetic: projected from CT phantoms", [_resize(f, tile) for f in from_phantoms]),
+                 ("synthetic: projected from the real CTs above (SyntheX's way)", [_resize(f, tile) for f in from_cts])],
+                "Pediatric chest X-rays, real | synthetic (NORMAL, lobar, interstitial, lobar), 224 px", tile)
+    written.append(_save_small(img, out / "real_vs_synthetic_cxr.png"))
+
+    # OCT: one real and one synthetic B-scan per class, both at 496 rows squashed to the same tile
+    rows = []
+    for c, name in enumerate(CLASSES):
+        scans = sorted(glob.glob(str(real / "oct2017_samples48" / name / "*.jpeg")))[: per_row // 2]
+        synth = []
+        for k in range(per_row - len(scans)):
+            rng = np.random.default_rng([seed, 1000 + c, k])
+            sample = render_oct(rng, name, size=(496, 512))
+            synth.append(_resize(_rgb(simulate_export(rng, sample["image"], sample["lesion_mask"])[0]), tile, 496 / 768))
+        rows.append((f"{name}: real (left, OCT2017, CC BY 4.0) | synthetic (right)",
+                     [_gray_tile(Path(f), tile, 496 / 768) for f in scans] + synth))
+    img = _grid(rows, "Retinal OCT B-scans, real | synthetic, each squashed to the same size", tile)
+    written.append(_save_small(img, out / "real_vs_synthetic_oct.png"))
+    return written
+
+
 MONTAGES = {"ct": montage_ct, "pneumonia": montage_pneumonia, "oct": montage_oct, "oxygen": montage_oxygen}
 
 
@@ -213,6 +295,7 @@ def main(
     datasets: str | Sequence[str] = "ct,pneumonia,oct,oxygen",
     seed: int = 0,
     tile: int = 176,
+    real: str = "",
 ) -> list[str]:
     """Write the montages.
 
@@ -221,6 +304,8 @@ def main(
         datasets: comma-separated subset of ``ct``, ``pneumonia``, ``oct``, ``oxygen``.
         seed: random seed of the pictured samples.
         tile: width of each picture in pixels.
+        real: the real-data folder (``../shared/data``): instead of the data sets, write the real | synthetic
+            comparisons ``real_vs_synthetic_{ct,cxr,oct}.png``.
 
     Returns:
         the paths written.
@@ -231,6 +316,11 @@ def main(
         raise SystemExit(f"unknown data set(s) {unknown}; choose from {', '.join(MONTAGES)}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if real:
+        paths = real_vs_synthetic(out_dir, Path(real), seed, tile)
+        for path in paths:
+            print(f"{path} ({path.stat().st_size // 1024} KB)")
+        return [str(p) for p in paths]
     written = []
     for name in names:
         path = MONTAGES[name](out_dir, seed, tile)
