@@ -8,11 +8,11 @@
   classes, the same folds for any input order; and the folds file kept in the repository obeys the same.
 * Where the 48 real B-scans are present (``../shared/data/oct2017_samples48`` beside the repository, or the
   folder named by ``OCT2017_SAMPLES48``; skipped otherwise): all 48 through ``inference.yaml`` with no
-  override give the calls the model card's cross-validation recorded for these weights (scored there with
-  ``evaluate.yaml`` and float32 weights), and an accuracy above chance by the margin measured. The shipped
-  weights were trained on synthetic B-scans only, so these real scans are *not* in their training set;
-  the figure is a weak one (17 of 48 right, chance 12; the card says so), and the test mainly checks that
-  nothing between the file and the prediction is broken (reading, preprocessing, float16 storage).
+  override give the calls recorded for these weights (within one scan), with the accuracy and urgent AUROC
+  measured. The shipped weights were fine-tuned on these 48 scans (after synthetic pre-training), so the
+  figures are a fit to their training data, not a performance estimate (the card's is the cross-validation,
+  0.58); the test checks that nothing between the file and the prediction is broken (reading,
+  preprocessing, float16 storage).
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ CONFIGS = BUNDLE / "configs"
 WEIGHTS = BUNDLE / "models" / "model.pt"
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 REAL_DATA = Path(os.environ.get("OCT2017_SAMPLES48", REPO.parent / "shared" / "data" / "oct2017_samples48"))
-# the shipped (synthetic-only) weights on the 48 real scans, which they were not trained on: 17 of 48 right
-# (chance 12), urgent-referral AUROC 0.69; calls per file, sorted by file name (C CNV, M DME, D DRUSEN, N NORMAL),
-# as evaluate.yaml gave them in the model card's cross-validation
-MIN_REAL_CORRECT = 15
-MIN_REAL_URGENT_AUROC = 0.6
-REAL_CALLS = "NNNNDNNNCCNDNNNNNMNNCNMMNNNNNNNDDNNNNMNNMNNNNNNN"
+# the shipped weights (synthetic pre-training + fine-tuning on these 48 scans) on the 48 real scans they were
+# fine-tuned on: 44 of 48 right, urgent-referral AUROC 0.986; calls per file, sorted by file name (C CNV,
+# M DME, D DRUSEN, N NORMAL), as inference.yaml gave them with the shipped float16 file
+MIN_REAL_CORRECT = 42
+MIN_REAL_URGENT_AUROC = 0.95
+REAL_CALLS = "CCCCCCCCCCCCMNNMMMMMMMMMDDCNDDDDDDDDNNNNNNNNNNNN"
+# the shipped weights on 12 synthetic B-scans of the generator (496 x 512, seed 3): 6 of 12 measured (they were
+# fine-tuned away from the synthetic look: 0.67 on the synthetic test split of their pre-training set)
+MIN_SYNTHETIC_CORRECT = 5  # chance is 3
 
 
 def _crossval_module():
@@ -57,14 +60,14 @@ def _predictions(dataset_dir: Path, out: Path) -> list[dict[str, str]]:
 def test_default_inference_classifies_synthetic_bscans(tmp_path):
     from common.synthetic.oct import generate_oct
 
-    config = {"image_size": [224, 224], "splits": {"train": dict.fromkeys(CLASSES, 0), "test": dict.fromkeys(CLASSES, 3)},
+    config = {"image_size": [496, 512], "splits": {"train": dict.fromkeys(CLASSES, 0), "test": dict.fromkeys(CLASSES, 3)},
               "scans_per_patient": [1, 2], "write_masks": False}
     data = Path(generate_oct(tmp_path / "data", config=config, seed=3))
     rows = _predictions(data / "OCT2017" / "test", tmp_path / "out")
     assert len(rows) == 12 and not any(r["error"] for r in rows)
-    # the shipped weights were trained on synthetic B-scans of this generator (other seed): 12 of 12 measured
+    # pre-trained on this generator's B-scans (other seed), then fine-tuned on real ones
     truth = [Path(r["file"]).name.split("-")[0] for r in rows]
-    assert sum(t == r["call"] for t, r in zip(truth, rows)) >= 10
+    assert sum(t == r["call"] for t, r in zip(truth, rows)) >= MIN_SYNTHETIC_CORRECT
     group = {"CNV": "urgent", "DME": "urgent", "DRUSEN": "routine", "NORMAL": "observation"}
     for r in rows:
         p = np.array([float(r[f"p_{c}"]) for c in CLASSES])
