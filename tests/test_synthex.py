@@ -146,3 +146,25 @@ def test_oct_realism_compares_a_stand_in(tmp_path):
         profile = np.asarray(out[name]["normal_profile"])
         assert profile.shape == (160,)
         assert profile[60] >= profile.max() - 60  # the alignment row (the RPE) is among the brightest
+
+
+@pytest.mark.parametrize("bundle, component, added", [
+    ("lung_ct_segmentation", "train#random_transforms", {"RandHistogramShiftd"}),
+    ("retina_oct_classification", "train#preprocessing",
+     {"RandGaussianSmoothd", "RandHistogramShiftd", "RandBiasFieldd", "RandGaussianNoised"}),
+])
+def test_domain_randomisation_switch(bundle, component, added):
+    """``--domain_randomisation true`` adds the randomising transforms to training; off by default."""
+    from monai.bundle import ConfigParser
+
+    def names(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.yaml"))
+        parser.update({"bundle_root": str(REPO / "bundles" / bundle), **overrides})
+        content = parser.get_parsed_content(component)
+        transforms = content.transforms if hasattr(content, "transforms") else content
+        return [type(t).__name__ for t in transforms]
+
+    off, on = names(), names(domain_randomisation=True)
+    assert not added & set(off)
+    assert added <= set(on) and len(on) == len(off) + len(added)
