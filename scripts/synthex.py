@@ -13,8 +13,9 @@ Each task makes its synthetic set with the project's generator (``--synthetic_co
 task's file in ``docs/experiments/``, ``--seed``), trains the bundle's own ``configs/train.yaml`` on it
 (the last epoch's weights, ``model_final.pt``: nothing is chosen on real data), and scores those weights on
 the real folder (``--real``, default ``../shared/data/...``) with the bundle's ``configs/evaluate.yaml``.
-Finished steps are reused (``OUT/synthetic_data/dataset.yaml``, ``OUT/synthetic/models/model_final.pt``);
-``--force true`` redoes them. What each task writes:
+The synthetic set and weights are reused when there (``OUT/synthetic_data/dataset.yaml``,
+``OUT/synthetic/models/model_final.pt``; ``--force true`` redoes them); scoring and the real-data arms run on
+every call. What each task writes:
 
 - ``oct``: the real arms are ``scripts/oct_crossval.py``'s patient-level folds of the 48 scans (the
   synthetic-only weights are scored on every fold untrained); ``OUT/<arm>/crossval.json`` and
@@ -141,7 +142,7 @@ OCT_REAL_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def oct(
+def oct_transfer(
     out: str = "runs/synthex/oct",
     real: str = str(REAL / "oct2017_samples48"),
     synthetic_config: str = str(EXPERIMENTS / "oct_synthex.yaml"),
@@ -348,4 +349,4 @@ def table(root: str = "runs/synthex") -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire({"oct": oct, "pneumonia": pneumonia, "lung": lung, "table": table})
+    fire.Fire({"oct": oct_transfer, "pneumonia": pneumonia, "lung": lung, "table": table})

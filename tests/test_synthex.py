@@ -56,7 +56,7 @@ def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
     config.write_text(yaml.safe_dump({"image_size": [96, 128], "scans_per_patient": [1, 1],
                                       "splits": {"train": dict.fromkeys(OCT_CLASSES, 10), "test": dict.fromkeys(OCT_CLASSES, 0)}}))
     out = tmp_path / "out"
-    md = synthex.oct(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds),
+    md = synthex.oct_transfer(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds),
                      max_epochs=1, num_workers=0, image_size=64)
     table = Path(md).read_text()
     assert "| figure | synthetic only |" in table and "accuracy" in table
@@ -66,11 +66,11 @@ def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
     pooled = json.loads((out / "synthetic_only" / "crossval.json").read_text())["pooled"]
     assert pooled["n_images"] == len(list(real.rglob("*.jpeg")))  # every stand-in scan scored once
     # the same call again reuses the data and the weights (no second training)
-    synthex.oct(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds), max_epochs=1,
+    synthex.oct_transfer(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds), max_epochs=1,
                 num_workers=0, image_size=64)
     assert json.loads((out / "synthex.json").read_text())["synthetic_training"]["reused"] is True
     with pytest.raises(SystemExit, match="unknown arm"):
-        synthex.oct(out=str(out), real=str(real), arms="synthetic,imagenet")
+        synthex.oct_transfer(out=str(out), real=str(real), arms="synthetic,imagenet")
 
 
 def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path):
@@ -115,7 +115,7 @@ def test_real_defaults_read(synthex, tmp_path):
     assert len(json.loads(oct_lists["all"].read_text())["testing"]) == 48
     lung_lists = lung_crossval.write_datalists(SHARED / "lctsc_train9", tmp_path / "lung")
     assert len(json.loads(Path(lung_lists["all"]).read_text())["testing"]) == 9
-    assert Path(synthex.lung.__defaults__[2]).is_file() and Path(synthex.oct.__defaults__[2]).is_file()
+    assert Path(synthex.lung.__defaults__[2]).is_file() and Path(synthex.oct_transfer.__defaults__[2]).is_file()
     assert Path(synthex.pneumonia.__defaults__[2]).is_file()
 
 
