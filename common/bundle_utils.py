@@ -20,6 +20,33 @@ logger = logging.getLogger(__name__)
 _STATE_KEYS = ("model", "state_dict", "network", "net")
 
 
+def flag(value: bool | int | str) -> bool:
+    """A config switch as a bool, whether it came from YAML (``true``) or the command line (``--x false``).
+
+    ``python -m monai.bundle run --x false`` hands the config the *string* ``"false"``, which Python counts as
+    true; every ``_disabled_: $not ...`` of a switch goes through this.
+
+    Args:
+        value: a bool, 0/1, or one of true/false/yes/no/on/off/1/0 (any case).
+
+    Returns:
+        the switch's value.
+
+    Raises:
+        ValueError: anything else (the message quotes it).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"a switch takes true or false, got {value!r}")
+
+
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     # DistributedDataParallel / DataParallel keep the real network in `.module`
     return network.module if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else network
@@ -284,7 +311,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
     with (:func:`check_vendored_common`).
 
     The checks run when the loader is instantiated, so an inference that disables it
-    (``_disabled_: "$not @load_pretrain"``, as ``inference_onnx.yaml`` does) needs no PyTorch weights at all.
+    (``_disabled_: "$not common.bundle_utils.flag(@load_pretrain)"``, as ``inference_onnx.yaml`` does) needs no PyTorch weights at all.
 
     Args:
         load_path: the checkpoint (``@ckpt_path``).

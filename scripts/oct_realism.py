@@ -7,7 +7,7 @@ rendered at that size by ``common.synthetic.oct``):
 
 - per image, the 10th, 50th, 90th and 99th grey-level percentiles (white export fill left out); the medians
   over the images are printed for the real and the synthetic set (all four classes, same number per class);
-- the median A-scan of NORMAL scans around the RPE, -60 to +96 rows (about -230 to +370 um): real scans
+- the median A-scan of NORMAL scans around the RPE, rows -60 to +99 (about -230 to +380 um): real scans
   are aligned at their brightest row (the RPE, after a 5-row smoothing), synthetic ones at the RPE of the
   generator's own boundaries. Every 8th row is printed.
 
@@ -47,7 +47,7 @@ def profile(image: np.ndarray, rpe_rows: np.ndarray | None = None) -> np.ndarray
     columns = []
     for c in range(w // 4, 3 * w // 4, 4):
         col = image[:, c]
-        if (col >= 250).any():
+        if (col[:3] >= 250).any() or (col[-3:] >= 250).any():  # white export fill reaches the top or bottom
             continue
         r = int(np.argmax(np.convolve(col, np.ones(5) / 5, "same"))) if rpe_rows is None else int(round(rpe_rows[c]))
         if WINDOW[0] <= -r or r + WINDOW[1] > h:
@@ -84,11 +84,16 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         if label == "NORMAL":
             b = sample["boundaries"]
             synth_profiles.append(profile(sample["image"], (b["RPE_top"] + b["Bruch"]) / 2))
+    real_profiles = [p for p in real_profiles if p is not None]
+    synth_profiles = [p for p in synth_profiles if p is not None]
+    if not real_profiles:
+        raise SystemExit(f"{real}: no NORMAL/*.jpeg scan with the RPE inside the rows compared")
+    if not synth_profiles:
+        raise SystemExit(f"--n_synthetic {n_synthetic}: too few scans for a NORMAL one (give 4 or more)")
     out = {
         "real": {"percentiles": np.median([percentiles(im) for im in real_images.values()], axis=0),
-                 "normal_profile": np.median([p for p in real_profiles if p is not None], axis=0)},
-        "synthetic": {"percentiles": np.median(synth_pct, axis=0),
-                      "normal_profile": np.median([p for p in synth_profiles if p is not None], axis=0)},
+                 "normal_profile": np.median(real_profiles, axis=0)},
+        "synthetic": {"percentiles": np.median(synth_pct, axis=0), "normal_profile": np.median(synth_profiles, axis=0)},
     }
     print("grey-level percentiles 10/50/90/99 (median over images)")
     for name in ("real", "synthetic"):

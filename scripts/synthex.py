@@ -18,7 +18,7 @@ The synthetic set and weights are reused when there (``OUT/synthetic_data/datase
 every call. What each task writes:
 
 - ``oct``: the real arms are ``scripts/oct_crossval.py``'s patient-level folds of the 48 scans (the
-  synthetic-only weights are scored on every fold untrained); ``OUT/<arm>/crossval.json`` and
+  synthetic-only weights are scored on every fold untrained); ``OUT/{synthetic_only,real,finetune}/crossval.json`` and
   ``OUT/synthex.md`` (accuracy, urgent-referral AUROC, Kermany's weighted error, each with bootstrap CIs
   over scans and over patients, and every arm's paired difference to the synthetic-only one).
 - ``pneumonia``: the synthetic-only weights on every real film (``OUT/real_all/report.json``) and, with the
@@ -53,6 +53,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run as a file: this checkou
 import make_synthetic  # noqa: E402
 import oct_crossval  # noqa: E402
 
+from common.bundle_utils import flag  # noqa: E402
 from zoo_tools import run_bundle  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data"
@@ -72,8 +73,29 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
 
 
+def _reusable(folder: Path, done: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Whether the step that made ``done`` in ``folder`` can be reused for ``settings``.
+
+    ``folder/synthex_settings.json`` records what a step was run with; a finished step made with other
+    settings (or with none recorded) is refused unless ``force``, so a table never quotes weights trained
+    with other settings than it says. With ``force`` (or nothing there yet) the folder is emptied.
+    """
+    stamp = folder / "synthex_settings.json"
+    if done.exists() and not flag(force):
+        recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if recorded == settings:
+            return True
+        raise SystemExit(f"{folder}: made with other settings ({recorded} instead of {settings}); "
+                         "--force true makes it again, or choose another --out")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    stamp.write_text(json.dumps(settings, indent=1))
+    return False
+
+
 def make_synthetic_set(task: str, out: Path, config: str | None, seed: int, force: bool = False) -> Path:
-    """Generate the synthetic training set of ``task`` into ``out`` (reused when already there).
+    """Generate the synthetic training set of ``task`` into ``out`` (reused when made with the same settings).
 
     Args:
         task: generator name of ``scripts/make_synthetic.py`` (``oct``, ``pneumonia_cxr``, ``lung_ct``).
@@ -85,21 +107,23 @@ def make_synthetic_set(task: str, out: Path, config: str | None, seed: int, forc
     Returns:
         ``out``.
     """
-    if force and out.exists():
-        shutil.rmtree(out)
-    if not (out / "dataset.yaml").is_file():
+    settings = {"task": task, "config": Path(config).read_text() if config else None, "seed": int(seed)}
+    if not _reusable(out, out / "dataset.yaml", settings, force):
         make_synthetic.main(task, str(out), config, seed)
     return out
 
 
 def train_synthetic(bundle: str, data: Path, work: Path, overrides: dict[str, Any], force: bool = False) -> dict[str, Any]:
-    """Train ``bundle``'s ``train.yaml`` on the synthetic set; reuse ``work/models/model_final.pt`` if there.
+    """Train ``bundle``'s ``train.yaml`` on the synthetic set; reuse ``work/models/model_final.pt`` when it was
+    trained on the same set with the same overrides.
 
     Returns:
         ``{"checkpoint", "train_seconds"}`` (seconds 0 when reused).
     """
     checkpoint = work / "models" / "model_final.pt"
-    if checkpoint.is_file() and not force:
+    data_settings = json.loads((data / "synthex_settings.json").read_text())
+    settings = {"bundle": bundle, "data": data_settings, "overrides": {k: str(v) for k, v in overrides.items()}}
+    if _reusable(work, checkpoint, settings, force):
         return {"checkpoint": str(checkpoint), "train_seconds": 0.0, "reused": True}
     args = {"dataset_dir": data, "ckpt_dir": work / "models", "output_dir": work / "train", **overrides}
     if bundle != "lung_ct_segmentation":  # the lung recipe writes model_final.pt itself

@@ -69,6 +69,10 @@ def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
     synthex.oct_transfer(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds), max_epochs=1,
                 num_workers=0, image_size=64)
     assert json.loads((out / "synthex.json").read_text())["synthetic_training"]["reused"] is True
+    # weights trained with other settings are not quoted as these: refused unless --force
+    with pytest.raises(SystemExit, match="made with other settings"):
+        synthex.oct_transfer(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds),
+                             max_epochs=2, num_workers=0, image_size=64)
     with pytest.raises(SystemExit, match="unknown arm"):
         synthex.oct_transfer(out=str(out), real=str(real), arms="synthetic,imagenet")
 
@@ -168,3 +172,14 @@ def test_domain_randomisation_switch(bundle, component, added):
     off, on = names(), names(domain_randomisation=True)
     assert not added & set(off)
     assert added <= set(on) and len(on) == len(off) + len(added)
+    # from the command line the switch arrives as a string: "false" must stay off
+    assert names(domain_randomisation="false") == off and names(domain_randomisation="true") == on
+
+
+def test_flag_reads_switches_from_yaml_and_the_command_line():
+    from common.bundle_utils import flag
+
+    assert flag(True) is True and flag(0) is False
+    assert flag("false") is False and flag("False") is False and flag("TRUE") is True and flag("1") is True
+    with pytest.raises(ValueError, match="maybe"):
+        flag("maybe")

@@ -615,7 +615,7 @@ def check_contract(configs_dir: Path) -> list[str]:
         if not str(loader.get("_target_", "")).endswith("CheckpointLoader"):
             problems.append(f"{configs_dir / 'inference.yaml'}: checkpointloader is not a CheckpointLoader")
         if "@load_pretrain" not in str(loader.get("_disabled_", "")):
-            problems.append(f"{configs_dir / 'inference.yaml'}: checkpointloader needs `_disabled_: \"$not @load_pretrain\"`")
+            problems.append(f"{configs_dir / 'inference.yaml'}: checkpointloader needs `_disabled_: \"$not common.bundle_utils.flag(@load_pretrain)\"`")
         if not any("@checkpointloader(" in str(x) for x in inference.get("initialize") or []):
             problems.append(f"{configs_dir / 'inference.yaml'}: `initialize` never calls @checkpointloader(@evaluator)")
     for h in inference.get("handlers") or []:

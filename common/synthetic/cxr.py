@@ -62,7 +62,7 @@ PATTERNS = ("none", "lobar", "interstitial")
 DEFAULT_RENDER: dict[str, Any] = {
     "pool_size": 8,  # base phantoms per kind (adult / pediatric), built once per process and reused
     # real chest CTs projected instead of phantoms, as SyntheX projects real CT: a glob of NIfTI volumes in
-    # HU; each CT's lung mask is the file named by replacing ct_lung_names[0] with [1] in its name (one label
+    # HU (a relative pattern is taken from the current folder); each CT's lung mask is the file named by replacing ct_lung_names[0] with [1] in its name (one label
     # or 1 right / 2 left). Base anatomy i of the pool is CT i modulo their number; "" uses phantoms.
     "ct_sources": "",
     "ct_lung_names": ["_ct.", "_lung."],
@@ -301,14 +301,18 @@ def _load_ct_source(pattern: str, names: Any, index: int) -> Any:
         raise InputDataError(pattern, "ct_sources: no CT volume matches this pattern")
     ct_path = files[index % len(files)]
     old, new = (str(n) for n in names)
+    if old not in os.path.basename(ct_path):
+        raise InputDataError(ct_path, f"ct_sources: the name holds no {old!r} to find its lung mask by (ct_lung_names {names})")
     lung_path = os.path.join(os.path.dirname(ct_path), os.path.basename(ct_path).replace(old, new))
-    if lung_path == ct_path or not os.path.isfile(lung_path):
+    if not os.path.isfile(lung_path):
         raise InputDataError(ct_path, f"ct_sources: no lung mask {lung_path} beside it (ct_lung_names {names})")
     ct, lung = nib.load(ct_path), nib.load(lung_path)
     if ct.shape != lung.shape:
         raise InputDataError(lung_path, f"lung mask shape {lung.shape} differs from its CT's {ct.shape}")
     hu = np.asarray(ct.dataobj, dtype=np.float32)
     label = np.asarray(lung.dataobj)
+    if not label.any():
+        raise InputDataError(lung_path, "ct_sources: the lung mask is empty")
     label = label.astype(np.uint8) if label.max() == 2 else split_binary_lungs(label > 0, ct.affine)
     # the couch and anything else outside the patient would widen the film's "body": air instead
     hu = np.where(body_mask(hu, ct.affine) | (label > 0), hu, np.float32(-1000.0))
