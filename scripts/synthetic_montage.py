@@ -24,6 +24,7 @@ from pathlib import Path
 
 import fire
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
@@ -261,8 +262,10 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
     patterns = ("none", "lobar", "interstitial", "lobar")
     from_phantoms = [_rgb(render_cxr(np.random.default_rng([seed, 800, k]), 224, True, patterns[k % 4], 0.7)["image"])
                      for k in range(per_row)]
-    ct_cfg = {"ct_sources": str(real / "lctsc_train9" / "*_ct.nii.gz"), "pool_size": 9,
-              "fill_fraction": [0.88, 1.05], "i0_photons": [20000.0, 80000.0]}
+    # the render settings of the transfer experiment's films from real CTs, the CTs found under ``real``
+    experiment = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "pneumonia_synthex_ct.yaml"
+    ct_cfg = {**yaml.safe_load(experiment.read_text())["render"],
+              "ct_sources": str(real / "lctsc_train9" / "*_ct.nii.gz")}
     from_cts = [_rgb(render_cxr(np.random.default_rng([seed, 900, k]), 224, True, patterns[k % 4], 0.7,
                                 config=ct_cfg, base_index=k)["image"]) for k in range(per_row)]
     img = _grid([("real: ChestXRay2017 (Kermany et al., CC BY 4.0), 224 px copies", [_gray_tile(Path(f), tile, 1.0) for f in picks]),

@@ -59,8 +59,6 @@ from zoo_tools import run_bundle  # noqa: E402
 REAL = REPO.parent / "shared" / "data"
 EXPERIMENTS = REPO / "docs" / "experiments"
 BUNDLES = REPO / "bundles"
-# train.yaml's CheckpointSaver (validate#handlers#2) also writes the last epoch's weights as model_final.pt
-SAVE_FINAL = {"validate#handlers#2#save_final": True, "validate#handlers#2#final_filename": "model_final.pt"}
 N_BOOT = 2000
 
 
@@ -127,7 +125,7 @@ def train_synthetic(bundle: str, data: Path, work: Path, overrides: dict[str, An
         return {"checkpoint": str(checkpoint), "train_seconds": 0.0, "reused": True}
     args = {"dataset_dir": data, "ckpt_dir": work / "models", "output_dir": work / "train", **overrides}
     if bundle != "lung_ct_segmentation":  # the lung recipe writes model_final.pt itself
-        args.update(SAVE_FINAL)
+        args.update(oct_crossval.SAVE_FINAL)  # the classifiers' train.yaml share the saver layout
     else:
         args["log_dir"] = work / "logs"
     seconds = run_bundle(BUNDLES / bundle, [BUNDLES / bundle / "configs" / "train.yaml"], args, work / "train.log")

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from common.bundle_utils import flag
+
 __all__ = ["FLIP_VIEWS", "flip_views", "fuse_view_detections"]
 
 #: the identity and the seven mirror images of a 3D scan (axes of the image grid flipped per view)
@@ -41,12 +43,13 @@ def flip_views(setting: bool | int | Sequence[Sequence[int]]) -> tuple[tuple[int
         ValueError: for a number outside 1-8 or an axis outside 0-2.
     """
     if isinstance(setting, str):  # from the command line: "true", "false", "4"
-        word = setting.strip().lower()
-        if word not in ("true", "false") and not word.isdigit():
+        word = setting.strip()
+        try:
+            setting = int(word) if word.isdigit() else flag(word)
+        except ValueError:
             raise ValueError(
                 f"test-time flips: {setting!r} is not true, false, a number of views or lists of axes"
-            )
-        setting = word == "true" if word in ("true", "false") else int(word)
+            ) from None
     if isinstance(setting, bool):
         return FLIP_VIEWS if setting else ((),)
     if isinstance(setting, int):
