@@ -260,3 +260,36 @@ def test_ct_bad_input_corpus_beside_good_scans(trained, data, tmp_path):
     assert "batch done: 2 scan(s) written, 4 skipped" in log
     for identifier in ("DOE^JOHN", "MRN12345", "St Elsewhere", "Doe^Jane", "SECRET-ID-123"):
         assert identifier not in log, identifier
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.25])
+def test_position_jitter_moves_a_narrow_chest_about_in_the_patch(jitter):
+    """A chest narrower than a patch sits at one place in every patch unless ``position_jitter`` pads it."""
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), "patch_size": [32, 32, 32], "position_jitter": jitter,
+                   "samples_per_scan": 1})
+    random_transforms = parser.get_parsed_content("train#random_transforms")
+    pad_and_crop = Compose([t for t in random_transforms if type(t).__name__ in ("SpatialPadd", "RandSpatialCropSamplesd")])
+    pad_and_crop.set_random_state(seed=0)
+    # a "chest" 28 voxels wide in a 30-voxel volume (air around it), a "lung" inside it
+    image = torch.zeros(1, 30, 30, 30)
+    image[:, 1:29, 1:29, 1:29] = 0.5
+    label = torch.zeros(1, 30, 30, 30)
+    label[:, 8:14, 10:20, 10:20] = 1
+    centres = []
+    for _ in range(12):
+        patch = pad_and_crop({"image": image.clone(), "label": label.clone()})[0]
+        assert tuple(patch["image"].shape[1:]) == (32, 32, 32)
+        lung = torch.nonzero(patch["label"][0] > 0).float()
+        centres.append(lung.mean(0).numpy())
+        # the edge padding is air: it never copies the lung
+        assert float(patch["label"].sum()) <= float(label.sum())
+        assert float(patch["image"].min()) == 0.0
+    spread = np.ptp(np.asarray(centres), axis=0)
+    if jitter == 0:
+        assert np.all(spread == 0)  # the same place in every patch: what the network learnt
+    else:
+        assert np.all(spread >= 4)  # 8 voxels of padding a side (0.25 x 32)
