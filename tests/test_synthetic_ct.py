@@ -134,6 +134,32 @@ def test_phantom_right_lung_is_on_the_patients_right():
         assert (phantom.lung_label == 2).sum() < (phantom.lung_label == 1).sum()
 
 
+def test_lung_ct_phantoms_are_as_deep_as_real_chests():
+    """At their widest slice the lung_ct phantoms' lungs fill most of the chest's depth, beside the spine too.
+
+    In the nine LCTSC CTs the lungs' antero-posterior extent is 0.70-0.83 of the body's there (median 0.74,
+    ``scripts/chest_wall_thickness.py``); with the paraspinal muscles lining the whole back of the cavity
+    (``posterior_gutters: false``, the nodule and X-ray sets) the phantoms' median is about 0.6.
+    """
+
+    def depth_ratios(overrides: dict) -> list[float]:
+        ratios = []
+        for seed in range(6):
+            cfg = {**LUNG_CT_DEFAULTS["phantom"], "matrix": 80, "slice_spacing_mm": [5.0, 5.0], **overrides}
+            phantom = make_chest_phantom(make_rng(seed), cfg, add_noise=False)
+            lungs = phantom.lung_label > 0
+            k = int(np.argmax(lungs.sum((0, 1))))
+            lung_rows = np.flatnonzero(lungs[:, :, k].any(0))
+            body_rows = np.flatnonzero(phantom.body_mask[:, :, k].any(0))
+            ratios.append((lung_rows[-1] - lung_rows[0] + 1) / (body_rows[-1] - body_rows[0] + 1))
+        return ratios
+
+    deep = depth_ratios({})
+    assert np.median(deep) >= 0.66, deep
+    shallow = depth_ratios({"posterior_gutters": False, "body_aspect": [0.62, 0.76]})
+    assert np.median(shallow) < 0.62 and np.all(np.asarray(deep) > np.asarray(shallow)), shallow
+
+
 def test_phantom_noise_level_and_correlation():
     phantom = make_chest_phantom(make_rng(7), {"matrix": 64, "slice_spacing_mm": [5.0, 5.0], "noise_sd_hu": [20.0, 20.0]}, add_noise=False)
     clean = phantom.hu.copy()
@@ -485,3 +511,20 @@ def test_parallel_workers_give_identical_files(tmp_path):
     _, mismatch, errors = filecmp.cmpfiles(serial, parallel, [str(p) for p in files], shallow=False)
     # dataset.yaml records num_workers, everything else is byte-identical
     assert mismatch == ["dataset.yaml"] and errors == []
+
+
+def test_rib_descent_lowers_the_ribs_front_ends():
+    """``rib_descent_mm``: how far the ribs descend from the spine to the front, seen at the lateral chest wall."""
+
+    def front_minus_back_mm(descent: float) -> float:
+        phantom = make_chest_phantom(make_rng(2), {"matrix": 80, "slice_spacing_mm": [4.0, 4.0],
+                                                   "rib_descent_mm": [descent, descent]}, add_noise=False)
+        ijk = np.argwhere(phantom.bone_mask)
+        xyz = phantom.voxel_to_world(ijk)
+        centre = phantom.voxel_to_world(np.argwhere(phantom.lung_label > 0)).mean(0)
+        lateral = np.abs(xyz[:, 0] - centre[0]) > 60.0  # off the spine and the sternum
+        front = lateral & (xyz[:, 1] > centre[1])
+        back = lateral & (xyz[:, 1] < centre[1])
+        return float(xyz[front, 2].mean() - xyz[back, 2].mean())
+
+    assert front_minus_back_mm(110.0) < front_minus_back_mm(55.0) - 5.0

@@ -461,3 +461,14 @@ def test_montage_script_writes_small_png(tmp_path):
     assert Path(written[0]).stat().st_size < 300_000
     with pytest.raises(SystemExit):
         module.main(out=str(tmp_path), datasets="mri")
+
+
+def test_render_config_takes_any_phantom_key():
+    """``render.phantom`` passes the chest phantom's own keys on; an unknown one fails naming the file."""
+    cfg = cxr_mod.render_config({"phantom": {"rib_descent_mm": [80.0, 110.0]}})
+    assert cfg["phantom"] == {"table": False, "rib_descent_mm": [80.0, 110.0]}
+    assert cxr_mod.render_config(None)["phantom"] == {"table": False}
+    with pytest.raises(InputDataError, match=r"exp\.yaml: render: phantom.*rib_decent"):
+        cxr_mod.render_config({"phantom": {"rib_decent": 3}}, source="exp.yaml: render")
+    with pytest.raises(InputDataError, match="mapping"):
+        cxr_mod.render_config({"phantom": 3})

@@ -48,11 +48,20 @@ PHANTOM_DEFAULTS: dict[str, Any] = {
     "scan_margin_mm": [10.0, 35.0],  # scan range beyond the lung apex and the lowest lung point (mm)
     # anatomy
     "body_scale": [0.88, 1.12],  # overall size (1 = average adult; ~0.5 = small child)
-    "body_aspect": [0.62, 0.76],  # antero-posterior / left-right torso ratio
+    "body_aspect": [0.62, 0.76],  # antero-posterior / left-right torso ratio (LCTSC chests at mid-lung: 0.61-0.85)
     "rotation_deg": [-6.0, 6.0],  # in-plane rotation of the patient on the table
     "offset_mm": [-12.0, 12.0],  # in-plane shift of the patient from the scanner centre
     "breathing": [0.0, 1.0],  # 0 = end-expiration, 1 = full inspiration (diaphragm, lung size and density)
     "fat_mm": [6.0, 28.0],  # subcutaneous fat thickness
+    # lungs that reach back beside the spine to the posterior ribs, as deep as real ones (the paraspinal
+    # muscles then fill the back of the cavity only beside the spine); off: the paraspinal muscles line the
+    # whole back and the lungs are a third shallower than in real chests. On for lung_ct (LUNG_CT_DEFAULTS);
+    # the nodule and X-ray sets, whose shipped weights and figures were made without it, keep it off
+    "posterior_gutters": False,
+    # how far each rib descends from its head at the spine to its front end (mm at body_scale 1): in real
+    # chests three to four vertebral levels (about 80-110 mm), which slopes the ribs on a frontal radiograph;
+    # the default draws them flatter, as the nodule and X-ray sets were made
+    "rib_descent_mm": [55.0, 80.0],
     "lung_shape_irregularity": 0.04,  # amplitude of the smooth random perturbation of the lung outline
     "vessel_generations": 7,  # branching generations of the pulmonary arteries and veins
     "airway_generations": 5,  # branching generations of the intrapulmonary airways that are drawn
@@ -75,6 +84,10 @@ LUNG_CT_DEFAULTS: dict[str, Any] = {
     "num_workers": 1,  # processes generating cases in parallel (output is identical for any value)
     "phantom": {
         **PHANTOM_DEFAULTS,
+        # chests as deep as the nine LCTSC patients' at mid-lung (lungs 0.70-0.83 of the body's depth there,
+        # body depth 0.61-0.85 of its width; scripts/synthex.py lung measures what it does to real-CT Dice)
+        "posterior_gutters": True,
+        "body_aspect": [0.64, 0.86],
         "matrix": 64,
         "slice_spacing_mm": [5.0, 5.0],
     },
@@ -397,9 +410,19 @@ def make_chest_phantom(
     horizontal_z = carina_z - rng.uniform(20.0, 45.0) * s
     fissure_mm = 0.9
 
+    # posterior_gutters: the paraspinal muscles fill the back of the cavity only beside the spine, lateral to
+    # them the lungs reach back to the posterior ribs
+    gutter: np.ndarray | float = 0.0
+    ell_b: np.ndarray | float = bca0
+    if c["posterior_gutters"]:
+        beside_spine = np.exp(-((u / (45.0 * s)) ** 2)).astype(np.float32)
+        gutter = (paraspinal * (1.0 - beside_spine)).astype(np.float32)
+        # the lung apex ellipses below reach into the gutters behind the hila
+        ell_b = np.where(v + 0.08 * bca0 >= 0.0, bca0, max(bca0, bcp0 + paraspinal)).astype(np.float32)
+
     # lung apex ellipses (2D, normalised radius squared)
-    ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
-    ell_l = ((u + 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / (1.0 * bca0)) ** 2
+    ell_r = ((u - 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / ell_b) ** 2
+    ell_l = ((u + 0.48 * a_c0) / (0.62 * a_c0)) ** 2 + ((v + 0.08 * bca0) / ell_b) ** 2
     midline = rng.uniform(-4.0, 4.0) * s
     gap = 3.0 * s
 
@@ -488,7 +511,7 @@ def make_chest_phantom(
     rib_gap = 1.0 + 0.8 * s
     rib_top = lung_height + 6.0 * s
     rib_pitch = (rib_top + 20.0 * s) / 11.0
-    rib_drop = rng.uniform(55.0, 80.0) * s
+    rib_drop = _uniform(rng, c["rib_descent_mm"]) * s
     rib_zoff = (rib_top - rib_drop * (1.0 + sin_psi) / 2.0).astype(np.float32)
     cartilage = sin_psi > 0.87
 
@@ -511,7 +534,7 @@ def make_chest_phantom(
         tb = r2d - rb
         body = tb < 0
         a_c, ba_c, bp_c = cavity_axes(z)
-        rc = 1.0 / np.sqrt(cos2 / a_c**2 + sin2_ant / ba_c**2 + sin2_post / bp_c**2)
+        rc = 1.0 / np.sqrt(cos2 / a_c**2 + sin2_ant / ba_c**2 + sin2_post / (bp_c + gutter) ** 2)
         tc = r2d - rc
         cavity = tc < 0
         above = z > z_dia

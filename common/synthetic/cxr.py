@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from common.errors import InputDataError
 from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
 from common.synthetic.config import load_config, merge_config, write_dataset_yaml
 from common.synthetic.drr import (
@@ -52,6 +54,7 @@ __all__ = [
     "PATTERNS",
     "DEFAULT_RENDER",
     "DEFAULT_CONFIG",
+    "render_config",
     "render_cxr",
     "generate_pneumonia_cxr",
     "benchmark_xray",
@@ -67,7 +70,8 @@ DEFAULT_RENDER: dict[str, Any] = {
     "ct_sources": "",
     "ct_lung_names": ["_ct.", "_lung."],
     "pool_seed": 20240,  # seed of the base phantoms (independent of the per-image rng)
-    "phantom": {"table": False},  # overrides passed on to make_chest_phantom (an erect PA film has no table)
+    # overrides passed on to make_chest_phantom, any of its keys (an erect PA film has no table)
+    "phantom": {"table": False},
     "voxel_mm": {"adult": 3.0, "pediatric": 2.0},  # grid of the pool phantoms; finer phantoms are resampled
     "pediatric_body_scale": [0.5, 0.65],  # a 1-5 year old's chest relative to the average adult
     "heart_scale": [1.0, 1.25],  # pediatric cardiac silhouette enlargement (relative to the thorax)
@@ -130,6 +134,32 @@ class _Base:
 
 
 _POOL: dict[str, _Base] = {}
+
+
+def render_config(override: Mapping[str, Any] | None, source: str = "render config") -> dict:
+    """``DEFAULT_RENDER`` with ``override`` on top; ``phantom`` takes any key of the chest phantom's config.
+
+    Args:
+        override: the user's render settings (may be ``None``).
+        source: where they came from, for error messages.
+
+    Returns:
+        the merged settings.
+
+    Raises:
+        InputDataError: an unknown key (in ``phantom``: one ``make_chest_phantom`` does not know).
+    """
+    from common.synthetic.ct_phantom import PHANTOM_DEFAULTS
+
+    override = dict(override or {})
+    phantom_override = override.pop("phantom", None) or {}
+    if not isinstance(phantom_override, Mapping):
+        raise InputDataError(source, f"'phantom' must be a mapping, got {type(phantom_override).__name__}")
+    phantom = {**DEFAULT_RENDER["phantom"], **phantom_override}
+    merge_config(PHANTOM_DEFAULTS, phantom, source=f"{source}: phantom")  # unknown keys fail here, naming the file
+    cfg = merge_config(DEFAULT_RENDER, override, source=source)
+    cfg["phantom"] = phantom
+    return cfg
 
 
 def _make_phantom(rng: np.random.Generator, pediatric: bool, cfg: dict) -> Any:
@@ -489,7 +519,7 @@ def render_cxr(
     """
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
-    cfg = merge_config(DEFAULT_RENDER, config, source="render config")
+    cfg = render_config(config)
     pose_rng, lesion_rng, noise_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=3))
     drawn_index = int(pose_rng.integers(int(cfg["pool_size"])))
     if phantom is None:
@@ -648,11 +678,7 @@ def generate_pneumonia_cxr(
     from common.io.atomic import atomic_write_text
 
     cfg = load_config(DEFAULT_CONFIG, config)
-    render_cfg = merge_config(
-        DEFAULT_RENDER,
-        cfg["render"],
-        f"{config if isinstance(config, (str, os.PathLike)) else 'config'}: render",
-    )
+    render_cfg = render_config(cfg["render"], f"{config if isinstance(config, (str, os.PathLike)) else 'config'}: render")
     out = Path(out_dir)
     size = int(cfg["image_size"])
     jobs = _plan_pneumonia(cfg, np.random.default_rng(seed))
@@ -745,7 +771,7 @@ def benchmark_xray(
     _POOL.clear()
     cpu_start = _cpu()
     start = time.perf_counter()
-    render_cfg = merge_config(DEFAULT_RENDER, None)
+    render_cfg = render_config(None)
     for k in range(int(render_cfg["pool_size"])):
         _get_base(True, k, render_cfg)
     pool_seconds = time.perf_counter() - start
