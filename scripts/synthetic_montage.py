@@ -232,7 +232,7 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
 
     import nibabel as nib
 
-    from common.synthetic.ct_phantom import make_chest_phantom
+    from common.synthetic.ct_phantom import LUNG_CT_DEFAULTS, make_chest_phantom
     from common.synthetic.cxr import render_cxr
     from common.synthetic.oct import CLASSES, render_oct, simulate_export
 
@@ -247,12 +247,14 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
         sx, sy = (float(v) for v in img.header.get_zooms()[:2])
         real_ct.append(_resize(_rgb(_ct_view(hu[:, :, k])), tile, sy / sx))  # RAS, as the phantoms
     for k in range(per_row):
+        # the lung_ct data set's anatomy (deeper chests than the nodule and X-ray phantoms)
+        anatomy = {key: LUNG_CT_DEFAULTS["phantom"][key] for key in ("posterior_gutters", "body_aspect")}
         phantom = make_chest_phantom(np.random.default_rng([seed, 700 + k]), {"in_plane_spacing_mm": 2.0,
-                                                                            "slice_spacing_mm": [3.0, 3.0]})
+                                                                            "slice_spacing_mm": [3.0, 3.0], **anatomy})
         kk = int(round(ndimage.center_of_mass(phantom.lung_label > 0)[2]))
         sx, sy = (float(v) for v in phantom.spacing[:2])
         synth_ct.append(_resize(_rgb(_ct_view(phantom.hu[:, :, kk])), tile, sy / sx))
-    img = _grid([("real: LCTSC chest CT (TCIA)", real_ct), ("synthetic: CT phantoms", synth_ct)],
+    img = _grid([("real: LCTSC chest CT (TCIA)", real_ct), ("synthetic: CT phantoms (lung_ct)", synth_ct)],
                 "Chest CT, real | synthetic: mid-lung axial slices, lung window W1500 L-600", tile)
     written.append(_save_small(img, out / "real_vs_synthetic_ct.png"))
 
