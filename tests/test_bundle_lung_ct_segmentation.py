@@ -292,4 +292,4 @@ def test_position_jitter_moves_a_narrow_chest_about_in_the_patch(jitter):
     if jitter == 0:
         assert np.all(spread == 0)  # the same place in every patch: what the network learnt
     else:
-        assert np.all(spread >= 4)  # 8 voxels of padding a side (0.25 x 32)
+        assert np.all(spread >= 4)  # padded from 30 to 48 voxels (32 + 2 x 0.25 x 32): 9 a side

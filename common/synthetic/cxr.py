@@ -139,6 +139,8 @@ _POOL: dict[str, _Base] = {}
 def render_config(override: Mapping[str, Any] | None, source: str = "render config") -> dict:
     """``DEFAULT_RENDER`` with ``override`` on top; ``phantom`` takes any key of the chest phantom's config.
 
+    A ``phantom.body_scale`` given here applies to children too, in place of ``pediatric_body_scale``.
+
     Args:
         override: the user's render settings (may be ``None``).
         source: where they came from, for error messages.
@@ -152,7 +154,8 @@ def render_config(override: Mapping[str, Any] | None, source: str = "render conf
     from common.synthetic.ct_phantom import PHANTOM_DEFAULTS
 
     override = dict(override or {})
-    phantom_override = override.pop("phantom", None) or {}
+    phantom_override = override.pop("phantom", None)
+    phantom_override = {} if phantom_override is None else phantom_override
     if not isinstance(phantom_override, Mapping):
         raise InputDataError(source, f"'phantom' must be a mapping, got {type(phantom_override).__name__}")
     phantom = {**DEFAULT_RENDER["phantom"], **phantom_override}
