@@ -1,6 +1,7 @@
-"""How close synthetic OCT B-scans look to real ones: grey-level percentiles and the median A-scan profile.
+"""How close synthetic OCT B-scans look to real ones: grey levels, A-scan profile, geometry, retina thickness.
 
-    python scripts/oct_realism.py --real ../shared/data/oct2017_samples48 [--n_synthetic 48] [--seed 0]
+    python scripts/oct_realism.py --real ../shared/data/oct2017_samples48 [--n_synthetic 48] [--seed 0] \
+        [--synthetic_config docs/experiments/oct_synthex.yaml]
 
 Both sets are compared at the scanner's geometry (496 rows; real scans resized to 496 x 512, synthetic ones
 rendered at that size by ``common.synthetic.oct``):
@@ -9,7 +10,12 @@ rendered at that size by ``common.synthetic.oct``):
   over the images are printed for the real and the synthetic set (all four classes, same number per class);
 - the median A-scan of NORMAL scans around the RPE, rows -60 to +99 (about -230 to +380 um): real scans
   are aligned at their brightest row (the RPE, after a 5-row smoothing), synthetic ones at the RPE of the
-  generator's own boundaries. Every 8th row is printed.
+  generator's own boundaries. Every 8th row is printed; below +100 rows it shows how fast the choroid and
+  sclera fade into the dark;
+- the geometry of the RPE, measured the same way on both sets (``common.transforms.fit_rpe_curve``, the quadratic
+  through the columns' brightest rows): the median tilt and bow, rows from the centre to the edge of the scan;
+- the retina's thickness in NORMAL scans: on the band ``OCTRetinaBandd`` cuts (the RPE on one row), the rows
+  from where the median profile first rises halfway from the vitreous to the inner retina down to the RPE.
 
 The generator's layer reflectivities and display settings were set with this script (docs/synthetic_data.md).
 """
@@ -26,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: this checkout's `common`
 
 SHAPE = (496, 512)  # rows, columns
-WINDOW = (-60, 100)  # rows around the RPE
+WINDOW = (-60, 260)  # rows around the RPE
 
 
 def percentiles(image: np.ndarray) -> np.ndarray:
@@ -56,32 +62,70 @@ def profile(image: np.ndarray, rpe_rows: np.ndarray | None = None) -> np.ndarray
     return np.median(columns, axis=0) if columns else None
 
 
-def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, seed: int = 0) -> dict:
-    """Print and return the real and synthetic percentiles and NORMAL profiles.
+def rpe_geometry(image: np.ndarray) -> np.ndarray:
+    """(|tilt|, bow) of the RPE: rows from the scan's centre to its edge, from the fitted quadratic."""
+    from common.transforms import fit_rpe_curve
+
+    curve = fit_rpe_curve(np.asarray(image, dtype=np.float32) / 255.0)
+    centre, left, right = curve[len(curve) // 2], curve[0], curve[-1]
+    return np.array([abs(right - left) / 2, centre - (left + right) / 2])  # bow > 0: the edges rise
+
+
+def band_profile(image: np.ndarray) -> np.ndarray:
+    """Median column of the flattened retina band (``OCTRetinaBandd``, then ``OCTNormalized``), central half."""
+    import torch
+
+    from common.transforms import OCTNormalized, OCTRetinaBandd
+
+    x = {"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)}
+    band = OCTNormalized("image")(OCTRetinaBandd("image")(x))["image"][0].numpy()
+    w = band.shape[1]
+    return np.median(band[:, w // 4 : 3 * w // 4], axis=1)
+
+
+def retina_rows(profile: np.ndarray, rpe_row: int) -> float:
+    """Rows from the inner limiting membrane (halfway up from the vitreous to the inner retina) to the RPE."""
+    vitreous = float(np.median(profile[: max(rpe_row // 3, 1)]))
+    inner = float(profile[: rpe_row - 10].max())
+    above = np.flatnonzero(profile[: rpe_row - 10] > vitreous + 0.5 * (inner - vitreous))
+    return float(rpe_row - above[0]) if above.size else float("nan")
+
+
+def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, seed: int = 0,
+         synthetic_config: str = "") -> dict:
+    """Print and return the real and synthetic percentiles, NORMAL profiles, RPE geometry and retina thickness.
 
     Args:
         real: real OCT2017-layout folder (``CNV/ DME/ DRUSEN/ NORMAL/``).
         n_synthetic: synthetic scans to render (split evenly over the classes).
         seed: seed of the synthetic scans.
+        synthetic_config: generator YAML whose ``render`` and ``export`` keys are used ("" = the defaults).
 
     Returns:
-        ``{"real": {...}, "synthetic": {...}}`` with ``percentiles`` and ``normal_profile``.
+        ``{"real": {...}, "synthetic": {...}}`` with ``percentiles``, ``normal_profile``, ``rpe_tilt_bow`` and
+        ``retina_rows``.
     """
-    from common.synthetic.oct import CLASSES, render_oct, simulate_export
+    from common.synthetic.config import load_config
+    from common.synthetic.oct import CLASSES, DEFAULT_CONFIG, render_oct, simulate_export
+
+    generator = load_config(DEFAULT_CONFIG, synthetic_config or None)
+    render_cfg, export_cfg = generator["render"], generator["export"]
 
     files = sorted(Path(real).glob("*/*.jpeg"))
     if not files:
         raise SystemExit(f"{real}: no <CLASS>/*.jpeg B-scans")
     real_images = {f: np.asarray(Image.open(f).convert("L").resize(SHAPE[::-1], Image.BILINEAR)) for f in files}
     real_profiles = [profile(im) for f, im in real_images.items() if f.parent.name == "NORMAL"]
-    synth_pct, synth_profiles = [], []
+    synth_pct, synth_profiles, synth_geometry, synth_bands = [], [], [], []
     for k in range(n_synthetic):
         label = CLASSES[k % len(CLASSES)]
         rng = np.random.default_rng([seed, k])
-        sample = render_oct(rng, label, size=SHAPE)
-        image, _ = simulate_export(rng, sample["image"], sample["lesion_mask"])
+        sample = render_oct(rng, label, size=SHAPE, config=render_cfg)
+        image, _ = simulate_export(rng, sample["image"], sample["lesion_mask"], export_cfg)
         synth_pct.append(percentiles(image))
+        synth_geometry.append(rpe_geometry(image))
         if label == "NORMAL":
+            synth_bands.append(band_profile(image))
             b = sample["boundaries"]
             synth_profiles.append(profile(sample["image"], (b["RPE_top"] + b["Bruch"]) / 2))
     real_profiles = [p for p in real_profiles if p is not None]
@@ -90,10 +134,16 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         raise SystemExit(f"{real}: no NORMAL/*.jpeg scan with the RPE inside the rows compared")
     if not synth_profiles:
         raise SystemExit(f"--n_synthetic {n_synthetic}: too few scans for a NORMAL one (give 4 or more)")
+    rpe_row = int(round(0.35 * SHAPE[0]))  # where OCTRetinaBandd puts the RPE
+    real_bands = [band_profile(im) for f, im in real_images.items() if f.parent.name == "NORMAL"]
     out = {
         "real": {"percentiles": np.median([percentiles(im) for im in real_images.values()], axis=0),
-                 "normal_profile": np.median(real_profiles, axis=0)},
-        "synthetic": {"percentiles": np.median(synth_pct, axis=0), "normal_profile": np.median(synth_profiles, axis=0)},
+                 "normal_profile": np.median(real_profiles, axis=0),
+                 "rpe_tilt_bow": np.median([rpe_geometry(im) for im in real_images.values()], axis=0),
+                 "retina_rows": np.array(retina_rows(np.median(real_bands, axis=0), rpe_row))},
+        "synthetic": {"percentiles": np.median(synth_pct, axis=0), "normal_profile": np.median(synth_profiles, axis=0),
+                      "rpe_tilt_bow": np.median(synth_geometry, axis=0),
+                      "retina_rows": np.array(retina_rows(np.median(synth_bands, axis=0), rpe_row))},
     }
     print("grey-level percentiles 10/50/90/99 (median over images)")
     for name in ("real", "synthetic"):
@@ -101,6 +151,10 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
     print("median A-scan of NORMAL scans around the RPE (row: real synthetic)")
     for i in range(0, WINDOW[1] - WINDOW[0], 8):
         print(f"  {i + WINDOW[0]:+4d}: {out['real']['normal_profile'][i]:5.0f} {out['synthetic']['normal_profile'][i]:5.0f}")
+    print("RPE |tilt| and bow, rows centre to edge (median over images), and NORMAL retina thickness, rows")
+    for name in ("real", "synthetic"):
+        tilt, bow = out[name]["rpe_tilt_bow"]
+        print(f"  {name:<9} tilt {tilt:5.1f}  bow {bow:5.1f}  retina {float(out[name]['retina_rows']):5.1f}")
     return {k: {kk: np.round(vv, 1).tolist() for kk, vv in v.items()} for k, v in out.items()}
 
 

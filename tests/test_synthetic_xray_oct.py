@@ -472,3 +472,33 @@ def test_render_config_takes_any_phantom_key():
         cxr_mod.render_config({"phantom": {"rib_decent": 3}}, source="exp.yaml: render")
     with pytest.raises(InputDataError, match="mapping"):
         cxr_mod.render_config({"phantom": 3})
+
+
+def test_oct_choroid_attenuation_darkens_the_deep_scan():
+    def deep_mean(attenuation):
+        out = render_oct(np.random.default_rng(5), "NORMAL", size=(248, 256),
+                         config={"choroid_attenuation_per_mm": attenuation, "rpe_depth_fraction": [0.3, 0.32]})
+        bruch = int(np.median(out["boundaries"]["Bruch"]))
+        return out["image"][bruch + 40 : bruch + 120].astype(float).mean()
+
+    assert deep_mean([2.0, 2.5]) < 0.7 * deep_mean([0.0, 0.0])
+
+
+def test_oct_lesion_keys_change_the_lesions_and_keep_them_in_the_retina():
+    def lift(height):
+        out = render_oct(np.random.default_rng(2), "DRUSEN", size=(248, 256), config={"drusen_height_um": height})
+        return float((out["boundaries"]["Bruch"] - out["boundaries"]["RPE_top"]).max())
+
+    assert lift([100.0, 120.0]) > 1.5 * lift([20.0, 25.0])
+    for seed in range(4):
+        out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
+                         config={"cnv_disruption": 1.0, "fluid_reflectivity": 0.002, "lesion_extent": [1.0, 1.0]})
+        rows, cols = np.nonzero(out["lesion_mask"])
+        b = out["boundaries"]
+        assert rows.size and np.all(rows >= b["ILM"][cols] - 1) and np.all(rows <= b["Bruch"][cols] + 1)
+    # fluid set darker is darker than the default fluid
+    def fluid_mean(config):
+        out = render_oct(np.random.default_rng(7), "DME", size=(248, 256), config={"lesion_extent": [1.0, 1.0], **config})
+        return out["image"][out["lesion_mask"] > 0].astype(float).mean()
+
+    assert fluid_mean({"fluid_reflectivity": 0.001}) < fluid_mean({})

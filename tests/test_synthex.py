@@ -148,8 +148,11 @@ def test_oct_realism_compares_a_stand_in(tmp_path):
         p10, p50, p90, p99 = out[name]["percentiles"]
         assert 0 <= p10 <= p50 <= p90 <= p99 <= 255
         profile = np.asarray(out[name]["normal_profile"])
-        assert profile.shape == (160,)
+        assert profile.shape == (320,)
         assert profile[60] >= profile.max() - 60  # the alignment row (the RPE) is among the brightest
+        tilt, bow = out[name]["rpe_tilt_bow"]
+        assert 0 <= tilt < 200 and abs(bow) < 200
+        assert 20 < out[name]["retina_rows"] < 170  # a retina, between the vitreous and the RPE
 
 
 @pytest.mark.parametrize("bundle, component, added", [

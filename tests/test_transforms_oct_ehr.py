@@ -1,4 +1,4 @@
-"""OCT loading/normalisation and the EHR feature spec, vector, imputation and CSV reader."""
+"""OCT loading/normalisation/retina band and the EHR feature spec, vector, imputation and CSV reader."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import yaml
 from dicom_factory import write_radiograph
 from monai.data import DataLoader, Dataset
 from PIL import Image
+from scipy import ndimage
 
 from common.errors import InputDataError
-from common.transforms import EHRVectord, FeatureSpec, LoadOCTd, OCTNormalized, read_ehr_csv
+from common.synthetic.oct import render_oct, simulate_export
+from common.transforms import EHRVectord, FeatureSpec, LoadOCTd, OCTNormalized, OCTRetinaBandd, read_ehr_csv
 from common.transforms.ehr import parse_value
 
 SPEC = {
@@ -80,6 +82,46 @@ def test_oct_normalisation_maps_percentiles_to_0_and_1():
     assert float(flat.abs().max()) == 0.0
     with pytest.raises(ValueError):
         OCTNormalized("image", lower=50, upper=10)
+
+
+def _tilted_bowed_scan(seed: int, label: str = "NORMAL"):
+    config = {"tilt_deg": [6.0, 8.0], "curvature": [3.0, 4.0], "rpe_depth_fraction": [0.45, 0.5]}
+    return render_oct(np.random.default_rng(seed), label, size=(248, 256), config=config)
+
+
+@pytest.mark.parametrize("label", ["NORMAL", "DRUSEN"])
+def test_oct_retina_band_flattens_the_rpe_onto_one_row(label):
+    sample = _tilted_bowed_scan(1, label)
+    rpe = (sample["boundaries"]["RPE_top"] + sample["boundaries"]["Bruch"]) / 2
+    assert rpe.max() - rpe.min() > 25  # tilted and bowed: the RPE spans rows
+    image = torch.as_tensor(sample["image"][None] / 255.0, dtype=torch.float32)
+    band = OCTRetinaBandd("image", above=0.35, below=0.15)({"image": image})["image"]
+    assert band.shape == (1, round(0.5 * 248), 256)
+    # every column's brightest row (the RPE) now lies near the band's RPE row, 0.35 of the height down
+    target = round(0.35 * 248)
+    brightest = np.argmax(ndimage.gaussian_filter(band[0].numpy(), (2, 4)), axis=0)
+    central = brightest[32:-32]
+    assert np.median(np.abs(central - target)) <= 3
+    assert np.percentile(np.abs(central - target), 90) <= (12 if label == "DRUSEN" else 6)
+    # drusen survive the flattening: the RPE still rises over them
+    if label == "DRUSEN":
+        lift = sample["boundaries"]["Bruch"] - sample["boundaries"]["RPE_top"]
+        cols = np.flatnonzero(lift > np.median(lift) + 6)
+        assert cols.size and (target - brightest[cols]).max() >= 4
+
+
+def test_oct_retina_band_keeps_export_fill_out_of_the_fit_and_checks_input():
+    sample = _tilted_bowed_scan(2)
+    exported, _ = simulate_export(np.random.default_rng(0), sample["image"], sample["lesion_mask"], {"fill_probability": 1.0, "rotation_deg": [5.0, 6.0]})
+    assert (exported == 255).mean() > 0.005
+    image = torch.as_tensor(exported[None] / 255.0, dtype=torch.float32)
+    band = OCTRetinaBandd("image")({"image": image})["image"]
+    brightest = np.argmax(ndimage.gaussian_filter(np.where(band[0].numpy() >= 1.0, 0, band[0].numpy()), (2, 4)), 0)
+    assert np.median(np.abs(brightest[32:-32] - round(0.35 * 248))) <= 4
+    with pytest.raises(ValueError, match="expects a"):
+        OCTRetinaBandd("image")({"image": torch.zeros(2, 8, 8)})
+    with pytest.raises(ValueError):
+        OCTRetinaBandd("image", above=0.0)
 
 
 def test_oct_blank_or_volume_is_refused(tmp_path):

@@ -76,6 +76,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "display_gamma": [1.3, 1.9],  # the export's grey-scale curve on top of the log display
         "vignetting": [0.0, 0.5],  # fractional intensity loss at the lateral edges
         "rolloff_um": [1500.0, 3000.0],  # 1/e depth of the SD-OCT sensitivity roll-off
+        # extra attenuation per mm below Bruch's membrane (melanin and blood of the choroid): how fast the
+        # choroid and sclera fade into the dark at the bottom of a Spectralis scan
+        "choroid_attenuation_per_mm": [0.0, 0.0],
+        "drusen_height_um": [20.0, 85.0],  # peak height of one druse (before lesion_extent scales it)
+        "drusen_reflectivity": 0.38,  # the deposits' content (the RPE draped over them is brighter)
+        # reflectivity of fluid (cysts, sub-retinal fluid); null: 0.012 in the retina, 0.01 under it
+        "fluid_reflectivity": None,
+        # CNV disorganises the outer retina: 0 draws the smooth dome of earlier sets; up to 1, a rougher
+        # lesion outline, a fragmented RPE and ellipsoid zone over it, exudate specks and more often cysts
+        "cnv_disruption": 0.0,
+        "choroid_vessel_scale": 1.0,  # size of the choroid's dark vessel lumens (1: 20-100 um)
     },
     "export": {
         # the viewer's export: B-scans registered to the fundus image are rotated and shifted, and the
@@ -165,7 +176,7 @@ def _intraretinal_cysts(
             "OPL": ("INL/OPL", "OPL/ONL"),
             "ONL": ("OPL/ONL", "ELM_top"),
         }[layer]
-        lo, hi = b[lo_b][ci], b[hi_b][ci]
+        lo, hi = sorted((b[lo_b][ci], b[hi_b][ci]))  # a steep lesion can push the ELM above the OPL
         cy = rng.uniform(lo, hi)
         ry = max(rng.uniform(0.35, 0.7) * (hi - lo), 8.0)
         rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
@@ -223,6 +234,8 @@ def render_oct(
     choroid = 200.0 + 80.0 * np.exp(-(((x - fovea) / 3.0) ** 2)) + rng.normal(0, 30)
 
     lesion_masks: list[np.ndarray] = []
+    fluid_in = np.float32(0.012 if cfg["fluid_reflectivity"] is None else cfg["fluid_reflectivity"])
+    fluid_under = np.float32(0.01 if cfg["fluid_reflectivity"] is None else cfg["fluid_reflectivity"])
     rows = (np.arange(h, dtype=np.float32) + 0.5) * um_per_px  # depth of each row centre, um
     yy = rows[:, None]
 
@@ -240,7 +253,7 @@ def render_oct(
         n = int(rng.integers(1, 2 + int(round(6 * extent))))
         for _ in range(n):
             c = fovea + rng.normal(0, 0.9)
-            drusen_height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, rng.uniform(20, 85) * extent, power=0.7)
+            drusen_height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, _u(rng, cfg["drusen_height_um"]) * extent, power=0.7)
         drusen_height = np.minimum(drusen_height, 160.0)
         bruch_lift = drusen_height
     elif label == "CNV":
@@ -262,10 +275,16 @@ def render_oct(
             srf_height = _dome(
                 x, c + rng.normal(0, 0.3), rng.uniform(0.4, 1.8) * extent, rng.uniform(30, 160) * extent, power=0.9
             )
+        disruption = float(cfg["cnv_disruption"])
+        if disruption > 0:  # no draws when off: earlier data sets stay byte-identical
+            rough = 1.0 + disruption * 0.8 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), max(w / 80, 1.0))
+            cnv_height = np.clip(cnv_height * rough, 0, None)
+            ped_height = np.clip(ped_height * rough, 0, None)
+            bruch_lift = ped_height if ped_type else bruch_lift
         sub_retinal = cnv_height + srf_height
         # exudation into the retina: the retina thickens over the lesion, sometimes with cysts
         swell = 1.0 + rng.uniform(0.0, 0.4) * extent * np.exp(-(((x - c) / rng.uniform(0.6, 1.4)) ** 2))
-        cnv_cysts = rng.random() < 0.35
+        cnv_cysts = rng.random() < 0.35 + 0.4 * disruption
     elif label == "DME":
         swell = 1.0 + rng.uniform(0.2, 1.0) * extent * np.exp(-(((x - fovea) / rng.uniform(0.8, 1.8)) ** 2))
         pit_fill = rng.uniform(0.4, 0.9)
@@ -327,7 +346,8 @@ def render_oct(
     # choroid: large dark vessel lumens in stroma (Haller's layer), a smooth texture elsewhere
     choroid_band = (yy > bruch[None, :]) & (yy < b["choroid/sclera"][None, :])
     # lumens of 20-100 um: the smoothing is set in um, so it holds at any pixel size
-    sigma = (max(12.0 / um_per_px, 1.0), max(30.0 / um_per_col, 1.0))
+    vessel_scale = float(cfg["choroid_vessel_scale"])
+    sigma = (max(12.0 * vessel_scale / um_per_px, 1.0), max(30.0 * vessel_scale / um_per_col, 1.0))
     vessels = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), sigma)
     vessels /= vessels.std() + 1e-6
     depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
@@ -347,13 +367,13 @@ def render_oct(
             & (yy < bruch[None, :])
             & (drusen_height[None, :] > 2)
         )
-        refl = np.where(m, np.float32(0.38), refl)
+        refl = np.where(m, np.float32(cfg["drusen_reflectivity"]), refl)
         lesion_masks.append(m)
     elif label == "CNV":
         top = rpe_top_d - sub_retinal
         # sub-retinal fluid under the detached retina, above the lesion
         srf = (yy >= top[None, :]) & (yy < (rpe_top_d - cnv_height)[None, :]) & (srf_height[None, :] > 2)
-        refl = np.where(srf, np.float32(0.01), refl)
+        refl = np.where(srf, fluid_under, refl)
         # the fibrovascular lesion sits on (and breaks through) the RPE
         lesion_bottom = rpe_top_d + rpe_thick * rng.uniform(0.3, 1.0)
         les = (
@@ -374,11 +394,23 @@ def render_oct(
         lesion_masks += [srf, les, ped]
         if cnv_cysts:
             cysts = _intraretinal_cysts(rng, b, x, yy, c, int(rng.integers(1, 6)))
-            refl = np.where(cysts, np.float32(0.012), refl)
+            refl = np.where(cysts, fluid_in, refl)
             lesion_masks.append(cysts)
+        if disruption > 0:
+            # over the lesion (and a margin) the RPE and ellipsoid zone break up into bright and dark
+            # fragments, and hyperreflective exudate specks scatter through the outer retina
+            zone = ndimage.maximum_filter1d((cnv_height + ped_height + srf_height) > 2, max(int(0.3 / (width_mm / w)), 1))
+            band = (yy >= b["EZ_top"][None, :] - 5.0) & (yy < bruch[None, :]) & zone[None, :]
+            frag = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (1.5, 3.0))
+            frag = np.clip(1.0 + disruption * 1.5 * frag / (frag.std() + 1e-6), 0.15, 1.6).astype(np.float32)
+            refl = np.where(band, refl * frag, refl)
+            outer = (yy >= b["OPL/ONL"][None, :]) & (yy < rpe_top_d[None, :]) & zone[None, :]
+            specks = outer & (rng.random((h, w)) < 0.0015 * disruption)
+            specks = ndimage.binary_dilation(specks, iterations=1)
+            refl = np.where(specks, np.float32(0.8), refl)
     elif label == "DME":
         cysts = _intraretinal_cysts(rng, b, x, yy, fovea, int(rng.integers(1, 2 + int(round(12 * extent)))))
-        refl = np.where(cysts, np.float32(0.012), refl)
+        refl = np.where(cysts, fluid_in, refl)
         # hyperreflective foci (lipid exudates) in the outer plexiform layer
         for _ in range(int(rng.integers(0, 6))):
             ci = int(rng.integers(w // 6, 5 * w // 6))
@@ -387,13 +419,16 @@ def render_oct(
         srf = (
             (yy >= (rpe_top_d - srf_height)[None, :]) & (yy < rpe_top_d[None, :]) & (srf_height[None, :] > 2)
         )
-        refl = np.where(srf, np.float32(0.01), refl)
+        refl = np.where(srf, fluid_under, refl)
         lesion_masks += [cysts, srf]
 
     # ---- image formation ----
     refl = np.clip(refl, 0.0, 1.2)
     mu = (0.0002 + 0.0015 * refl).astype(np.float32)  # attenuation per um, scattering tissue attenuates
     mu[yy[:, 0] < 0] = 0
+    if max(cfg["choroid_attenuation_per_mm"]) > 0:  # no draw when off: earlier data sets stay byte-identical
+        extra = np.float32(_u(rng, cfg["choroid_attenuation_per_mm"]) / 1000.0)
+        mu += np.where(yy > bruch[None, :], extra, np.float32(0.0))
     attenuation = np.exp(-2.0 * np.cumsum(mu, axis=0) * np.float32(um_per_px))
     rolloff = np.exp(-rows / _u(rng, cfg["rolloff_um"]))[:, None]
     xn = (np.arange(w) - (w - 1) / 2) / ((w - 1) / 2)

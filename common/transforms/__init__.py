@@ -4,7 +4,7 @@ CT (:mod:`common.transforms.ct`, :mod:`common.transforms.body`): ``LoadCTd``, ``
 ``HUWindowd``, ``BodyMaskd``.
 Radiographs (:mod:`common.transforms.radiograph`): ``LoadRadiographd``, ``LetterboxResized``; acquisition shift
 (:mod:`common.transforms.acquisition`): ``RandJPEGd``, ``AcquisitionShiftd``.
-OCT (:mod:`common.transforms.oct`): ``LoadOCTd``, ``OCTNormalized``.
+OCT (:mod:`common.transforms.oct`): ``LoadOCTd``, ``OCTRetinaBandd``, ``OCTNormalized``.
 EHR (:mod:`common.transforms.ehr`): ``FeatureSpec``, ``EHRVectord``, ``read_ehr_csv``.
 
 Orientation and resampling use MONAI's own ``Orientationd(axcodes="RAS")`` and ``Spacingd``.
@@ -22,7 +22,7 @@ from common.transforms.ct import (
     load_label_volume,
 )
 from common.transforms.ehr import EHRVectord, Feature, FeatureSpec, parse_value, read_ehr_csv
-from common.transforms.oct import LoadOCTd, OCTNormalized, load_oct
+from common.transforms.oct import LoadOCTd, OCTNormalized, OCTRetinaBandd, fit_rpe_curve, load_oct
 from common.transforms.radiograph import (
     LetterboxResized,
     LoadRadiographd,
@@ -46,6 +46,8 @@ __all__ = [
     "LoadOCTd",
     "LoadRadiographd",
     "OCTNormalized",
+    "OCTRetinaBandd",
+    "fit_rpe_curve",
     "body_mask",
     "check_hu_values",
     "letterbox_to_original",
