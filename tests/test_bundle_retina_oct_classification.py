@@ -112,6 +112,15 @@ def test_explain_writes_occlusion_and_gradcam_overlays(trained, data, tmp_path):
     for method in ("occlusion", "gradcam"):
         png = tmp_path / "out" / "explain" / f"{source.stem}_{method}.png"
         assert png.stat().st_size > 1000 and Image.open(png).size[0] > 100
+    # the overlays lie on what the network saw: the B-scan flattened to its retina band, at the scan's own width
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.yaml"), str(BUNDLE / "configs" / "explain.yaml")])
+    parser.update({"bundle_root": str(BUNDLE)})
+    background = parser.get_parsed_content("handlers#2#source_loader")({"image": str(source)})["image"]
+    height, width = np.asarray(Image.open(source)).shape[:2]
+    assert tuple(background.shape) == (1, round(0.5 * height), width)
 
 
 def test_finetune_from_checkpoint_with_frozen_backbone(trained, data, tmp_path):
