@@ -222,9 +222,10 @@ class ExplainWriter:
         target_class: class name to explain instead of the predicted one.
         save_maps: also save the raw maps as ``.npy`` (at the network input's size, as computed).
         image_key: key of the network input in the engine output.
-        source_loader: the bundle's loading transform (``@preprocessing#transforms#0``), which reads the file
-            at its own resolution: the overlay is drawn on the film as it is, the map resized to it (the network
-            input is the film squashed to a square). None: drawn on the network input.
+        source_loader: the bundle's loading transform (``@preprocessing#transforms#0``; for OCT with
+            ``retina_band`` also the band crop), which reads the file at its own resolution: the overlay is drawn
+            on the film (or the B-scan's retina band) as it is, the map resized to it (the network input is that
+            image squashed to a square). None: drawn on the network input.
         secondary_capture: also write each overlay of a DICOM image as a DICOM Secondary Capture in its study
             (``<image stem>_<method>_sc.dcm``), for a PACS viewer.
         bundle_root: the bundle (its name and version label the Secondary Capture).

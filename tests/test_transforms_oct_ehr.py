@@ -120,6 +120,11 @@ def test_oct_retina_band_keeps_export_fill_out_of_the_fit_and_checks_input():
     assert np.median(np.abs(brightest[32:-32] - round(0.35 * 248))) <= 4
     with pytest.raises(ValueError, match="expects a"):
         OCTRetinaBandd("image")({"image": torch.zeros(2, 8, 8)})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # 8-bit values: LoadOCTd's [0, 1] is expected
+        OCTRetinaBandd("image")({"image": torch.as_tensor(exported[None], dtype=torch.float32)})
+    assert OCTRetinaBandd("image")({"image": torch.full((1, 1, 5), 0.5)})["image"].shape == (1, 1, 5)
+    # an image that is all export fill has no RPE to find: the band is cut around a flat row
+    assert OCTRetinaBandd("image")({"image": torch.ones(1, 40, 30)})["image"].shape == (1, 20, 30)
     with pytest.raises(ValueError):
         OCTRetinaBandd("image", above=0.0)
 

@@ -15,7 +15,9 @@ OCTRetinaBandd
     shifted so the fitted curve lies on one row, and the rows from ``above`` to ``below`` that row (fractions
     of the scan's height) are kept. Tilt, bow and the retina's depth in the frame, which vary between scans
     and scanners and say nothing about disease, are removed; drusen, detachments and cysts, which deviate from
-    the fitted curve locally, are kept; the network sees the retina at about twice the resolution.
+    the fitted curve locally, are kept; the network sees the retina at about twice the resolution. Where the
+    nerve fibre layer outshines the RPE over much of the scan (6 of the 48 real OCT2017 scans here), the fit
+    follows the inner retina and the RPE stays curved in the band, lower than its usual row.
 
 OCTNormalized
     Scanners and exports differ in gain and background level, so each B-scan is normalised on its own:
@@ -182,15 +184,19 @@ class OCTRetinaBandd(MapTransform):
     def band(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 3 or image.shape[0] != 1:
             raise ValueError(f"OCTRetinaBandd expects a (1, H, W) B-scan, got shape {tuple(image.shape)}")
-        grey = image[0].detach().cpu().numpy().astype(np.float32)
+        grey = image[0].detach().float().cpu().numpy()
+        if grey.size and (grey.min() < 0.0 or grey.max() > 1.0):
+            raise ValueError(
+                f"OCTRetinaBandd expects intensities in [0, 1] (as LoadOCTd gives), got {grey.min():.3g}..{grey.max():.3g}"
+            )
         h, w = grey.shape
         rpe = np.round(fit_rpe_curve(grey)).astype(np.int64)
         top = int(round(self.above * h))
-        rows = rpe[None, :] - top + np.arange(int(round((self.above + self.below) * h)))[:, None]
+        rows = rpe[None, :] - top + np.arange(max(int(round((self.above + self.below) * h)), 1))[:, None]
         inside = (rows >= 0) & (rows < h)
         out = np.where(inside, grey[np.clip(rows, 0, h - 1), np.arange(w)[None, :]], 0.0).astype(np.float32)
-        result = torch.as_tensor(out[None], dtype=image.dtype)
-        if isinstance(image, MetaTensor):
+        result = torch.as_tensor(out[None], dtype=image.dtype, device=image.device)
+        if isinstance(image, MetaTensor):  # spatial_shape stays the file's, as after MONAI's crops
             result = MetaTensor(result, meta=dict(image.meta))
         return result
 
