@@ -16,7 +16,7 @@ OCTRetinaBandd
     of the scan's height) are kept. Tilt, bow and the retina's depth in the frame, which vary between scans
     and scanners and say nothing about disease, are removed; drusen, detachments and cysts, which deviate from
     the fitted curve locally, are kept; the network sees the retina at about twice the resolution. Where the
-    nerve fibre layer outshines the RPE over much of the scan (6 of the 48 real OCT2017 scans here), the fit
+    nerve fibre layer outshines the RPE over much of the scan (5 of the 48 real OCT2017 scans here), the fit
     follows the inner retina and the RPE stays curved in the band, lower than its usual row.
 
 OCTNormalized
