@@ -10,6 +10,7 @@ Writes one PNG per data set (kept small enough to commit):
     synthetic_oct.png         OCT B-scans per class (CNV, DME, DRUSEN, NORMAL), lesion outlines
     synthetic_oxygen_cxr.png  adult CXRs by lung-opacity severity (the images of the oxygen-risk cohort)
     real_vs_synthetic_{ct,cxr,oct}.png  with --real: real images beside synthetic ones, same window and size
+                              (OCT: the calibrated set, docs/experiments/oct_synthex_calibrated.yaml)
 
 Outlines are drawn on the last image of each row only, so the others show the data as a model sees it.
 """
@@ -276,18 +277,22 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
                 "Pediatric chest X-rays, real | synthetic (NORMAL, lobar, interstitial, lobar), 224 px", tile)
     written.append(_save_small(img, out / "real_vs_synthetic_cxr.png"))
 
-    # OCT: one real and one synthetic B-scan per class, both at 496 rows squashed to the same tile
+    # OCT: real B-scans beside synthetic ones of the calibrated set (the 0.4.0 weights' pre-training), both at 496
+    # rows squashed to the same tile
+    calibrated = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "experiments"
+                                 / "oct_synthex_calibrated.yaml").read_text())
     rows = []
     for c, name in enumerate(CLASSES):
         scans = sorted(glob.glob(str(real / "oct2017_samples48" / name / "*.jpeg")))[: per_row // 2]
         synth = []
         for k in range(per_row - len(scans)):
             rng = np.random.default_rng([seed, 1000 + c, k])
-            sample = render_oct(rng, name, size=(496, 512))
-            synth.append(_resize(_rgb(simulate_export(rng, sample["image"], sample["lesion_mask"])[0]), tile, 496 / 768))
+            sample = render_oct(rng, name, size=(496, 512), config=calibrated.get("render"))
+            exported = simulate_export(rng, sample["image"], sample["lesion_mask"], calibrated.get("export"))[0]
+            synth.append(_resize(_rgb(exported), tile, 496 / 768))
         rows.append((f"{name}: real (left, OCT2017, CC BY 4.0) | synthetic (right)",
                      [_gray_tile(Path(f), tile, 496 / 768) for f in scans] + synth))
-    img = _grid(rows, "Retinal OCT B-scans, real | synthetic, each squashed to the same size", tile)
+    img = _grid(rows, "Retinal OCT B-scans, real | synthetic (oct_synthex_calibrated.yaml), each squashed to the same size", tile)
     written.append(_save_small(img, out / "real_vs_synthetic_oct.png"))
     return written
 
