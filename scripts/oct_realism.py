@@ -134,7 +134,9 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         raise SystemExit(f"{real}: no NORMAL/*.jpeg scan with the RPE inside the rows compared")
     if not synth_profiles:
         raise SystemExit(f"--n_synthetic {n_synthetic}: too few scans for a NORMAL one (give 4 or more)")
-    rpe_row = int(round(0.35 * SHAPE[0]))  # where OCTRetinaBandd puts the RPE
+    from common.transforms import OCTRetinaBandd
+
+    rpe_row = int(round(OCTRetinaBandd("image").above * SHAPE[0]))  # where band_profile's crop puts the RPE
     real_bands = [band_profile(im) for f, im in real_images.items() if f.parent.name == "NORMAL"]
     out = {
         "real": {"percentiles": np.median([percentiles(im) for im in real_images.values()], axis=0),

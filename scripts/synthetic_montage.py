@@ -233,9 +233,11 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
 
     import nibabel as nib
 
+    from common.synthetic.config import load_config
     from common.synthetic.ct_phantom import LUNG_CT_DEFAULTS, make_chest_phantom
     from common.synthetic.cxr import render_cxr
     from common.synthetic.oct import CLASSES, render_oct, simulate_export
+    from common.synthetic.oct import DEFAULT_CONFIG as OCT_DEFAULTS
 
     written = []
     # CT: mid-lung axial slices, lung window, both at 2 mm pixels
@@ -279,16 +281,16 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
 
     # OCT: real B-scans beside synthetic ones of the calibrated set (the 0.4.0 weights' pre-training), both at 496
     # rows squashed to the same tile
-    calibrated = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "experiments"
-                                 / "oct_synthex_calibrated.yaml").read_text())
+    calibrated = load_config(OCT_DEFAULTS, Path(__file__).resolve().parents[1] / "docs" / "experiments"
+                             / "oct_synthex_calibrated.yaml")
     rows = []
     for c, name in enumerate(CLASSES):
         scans = sorted(glob.glob(str(real / "oct2017_samples48" / name / "*.jpeg")))[: per_row // 2]
         synth = []
         for k in range(per_row - len(scans)):
             rng = np.random.default_rng([seed, 1000 + c, k])
-            sample = render_oct(rng, name, size=(496, 512), config=calibrated.get("render"))
-            exported = simulate_export(rng, sample["image"], sample["lesion_mask"], calibrated.get("export"))[0]
+            sample = render_oct(rng, name, size=(496, 512), config=calibrated["render"])
+            exported = simulate_export(rng, sample["image"], sample["lesion_mask"], calibrated["export"])[0]
             synth.append(_resize(_rgb(exported), tile, 496 / 768))
         rows.append((f"{name}: real (left, OCT2017, CC BY 4.0) | synthetic (right)",
                      [_gray_tile(Path(f), tile, 496 / 768) for f in scans] + synth))
