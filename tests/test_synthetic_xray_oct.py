@@ -490,6 +490,30 @@ def test_oct_lesion_keys_change_the_lesions_and_keep_them_in_the_retina():
         return float((out["boundaries"]["Bruch"] - out["boundaries"]["RPE_top"]).max())
 
     assert lift([100.0, 120.0]) > 1.5 * lift([20.0, 25.0])
+
+    def cnv_lift(scale):  # how far the lesion (PED, lesion and fluid) lifts the retina off Bruch's membrane
+        heights = []
+        for seed in range(3):
+            out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
+                             config={"cnv_height_scale": scale, "lesion_extent": [1.0, 1.0]})
+            b = out["boundaries"]
+            heights.append(float((b["Bruch"] - b["EZ/IZ"]).max() - np.median(b["Bruch"] - b["EZ/IZ"])))
+        return np.mean(heights)
+
+    assert cnv_lift(0.4) < 0.6 * cnv_lift(1.0)
+
+    def lifted_columns(drusen_probability):  # columns where the RPE is lifted off Bruch's membrane
+        counts = []
+        for seed in range(4):
+            out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
+                             config={"cnv_drusen_probability": drusen_probability, "lesion_extent": [1.0, 1.0]})
+            b = out["boundaries"]
+            thickness = b["Bruch"] - b["RPE_top"]
+            counts.append(int((thickness > np.percentile(thickness, 10) + 3).sum()))
+        return np.array(counts)
+
+    without, beside = lifted_columns(0.0), lifted_columns(1.0)
+    assert np.all(beside >= without) and beside.sum() > without.sum()
     for seed in range(4):
         out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
                          config={"cnv_disruption": 1.0, "fluid_reflectivity": 0.002, "lesion_extent": [1.0, 1.0]})

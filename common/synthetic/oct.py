@@ -87,6 +87,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # lesion outline, a fragmented RPE and ellipsoid zone over it, exudate specks and more often cysts
         "cnv_disruption": 0.0,
         "choroid_vessel_scale": 1.0,  # size of the choroid's dark vessel lumens (1: 20-100 um)
+        # height of the CNV lesion, its PED and the fluid over it, times the earlier sets' (60-220 um PED,
+        # 40-150 um lesion, 30-160 um fluid at full extent); real CNV is often lower and broad
+        "cnv_height_scale": 1.0,
+        # share of CNV scans with drusen beside the lesion (wet AMD grows in an eye with drusen)
+        "cnv_drusen_probability": 0.0,
     },
     "export": {
         # the viewer's export: B-scans registered to the fundus image are rotated and shifted, and the
@@ -141,6 +146,15 @@ def _u(rng: np.random.Generator, lo_hi: Any) -> float:
 def _dome(x: np.ndarray, center: float, half_width: float, height: float, power: float = 0.6) -> np.ndarray:
     t = np.clip(1.0 - ((x - center) / half_width) ** 2, 0.0, None)
     return height * t**power
+
+
+def _drusen(rng: np.random.Generator, x: np.ndarray, fovea: float, extent: float, cfg: dict) -> np.ndarray:
+    """Heights (um) of one to seven drusen, smooth domes scattered about the fovea, summed where they meet."""
+    height = np.zeros(x.shape)
+    for _ in range(int(rng.integers(1, 2 + int(round(6 * extent))))):
+        c = fovea + rng.normal(0, 0.9)
+        height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, _u(rng, cfg["drusen_height_um"]) * extent, power=0.7)
+    return np.minimum(height, 160.0)
 
 
 def _layer_thicknesses(r_mm: np.ndarray, nasal: np.ndarray, scale: float) -> dict[str, np.ndarray]:
@@ -250,11 +264,7 @@ def render_oct(
     pit_fill = 0.0
     cnv_cysts = False
     if label == "DRUSEN":
-        n = int(rng.integers(1, 2 + int(round(6 * extent))))
-        for _ in range(n):
-            c = fovea + rng.normal(0, 0.9)
-            drusen_height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, _u(rng, cfg["drusen_height_um"]) * extent, power=0.7)
-        drusen_height = np.minimum(drusen_height, 160.0)
+        drusen_height = _drusen(rng, x, fovea, extent, cfg)
         bruch_lift = drusen_height
     elif label == "CNV":
         c = fovea + rng.normal(0, 0.4)
@@ -281,10 +291,17 @@ def render_oct(
             cnv_height = np.clip(cnv_height * rough, 0, None)
             ped_height = np.clip(ped_height * rough, 0, None)
             bruch_lift = ped_height if ped_type else bruch_lift
+        height_scale = float(cfg["cnv_height_scale"])
+        cnv_height, ped_height, srf_height = (v * height_scale for v in (cnv_height, ped_height, srf_height))
+        bruch_lift = ped_height if ped_type else bruch_lift
         sub_retinal = cnv_height + srf_height
         # exudation into the retina: the retina thickens over the lesion, sometimes with cysts
         swell = 1.0 + rng.uniform(0.0, 0.4) * extent * np.exp(-(((x - c) / rng.uniform(0.6, 1.4)) ** 2))
         cnv_cysts = rng.random() < 0.35 + 0.4 * disruption
+        drusen_probability = float(cfg["cnv_drusen_probability"])
+        if drusen_probability > 0 and rng.random() < drusen_probability:  # no draw when off (earlier sets)
+            drusen_height = _drusen(rng, x, fovea, extent, cfg)
+            bruch_lift = np.maximum(bruch_lift, drusen_height)
     elif label == "DME":
         swell = 1.0 + rng.uniform(0.2, 1.0) * extent * np.exp(-(((x - fovea) / rng.uniform(0.8, 1.8)) ** 2))
         pit_fill = rng.uniform(0.4, 0.9)
@@ -370,6 +387,15 @@ def render_oct(
         refl = np.where(m, np.float32(cfg["drusen_reflectivity"]), refl)
         lesion_masks.append(m)
     elif label == "CNV":
+        if drusen_height.any():  # the drusen beside the lesion, grey under the RPE as in the DRUSEN class
+            m = (
+                (yy >= rpe_top_d[None, :] + rpe_thick[None, :] * 0.8)
+                & (yy < bruch[None, :])
+                & (drusen_height[None, :] > 2)
+                & (ped_height[None, :] <= 2)
+            )
+            refl = np.where(m, np.float32(cfg["drusen_reflectivity"]), refl)
+            lesion_masks.append(m)
         top = rpe_top_d - sub_retinal
         # sub-retinal fluid under the detached retina, above the lesion
         srf = (yy >= top[None, :]) & (yy < (rpe_top_d - cnv_height)[None, :]) & (srf_height[None, :] > 2)
