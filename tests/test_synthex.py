@@ -155,10 +155,36 @@ def test_oct_realism_compares_a_stand_in(tmp_path):
         assert 20 < out[name]["retina_rows"] < 170  # a retina, between the vitreous and the RPE
 
 
+def test_cxr_realism_tells_films_with_ribs_from_films_without(tmp_path):
+    """The fine-texture measure rises when the ribs show through the lung fields (higher bone contrast)."""
+    from common.synthetic.cxr import generate_pneumonia_cxr
+
+    spec = importlib.util.spec_from_file_location("cxr_realism", REPO / "scripts" / "cxr_realism.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flat = np.full((100, 100), 120.0)
+    striped = flat + 40.0 * (np.arange(100) % 6 < 3)[:, None]
+    assert module.lung_measures(flat)[1] < 0.01 < module.lung_measures(striped)[1]
+
+    base = {"image_size": 96, "splits": {"train": {"NORMAL": 4, "BACTERIAL": 4, "VIRAL": 4}, "test": {}},
+            "write_masks": False, "render": {"pool_size": 2, "bone_contrast": [1.0, 1.0]}}
+    generate_pneumonia_cxr(tmp_path / "real", config=base, seed=3)
+    bony = tmp_path / "bony.yaml"
+    bony.write_text(yaml.safe_dump({**base, "render": {"pool_size": 2, "bone_contrast": [4.0, 4.0]}}))
+    out = module.main(real=str(tmp_path / "real"), n_per_class=4, seed=1, synthetic_config=str(bony))
+    for cls in ("NORMAL", "BACTERIAL", "VIRAL"):
+        assert out["synthetic"][cls]["fine_texture"] > out["real"][cls]["fine_texture"]
+        assert -3 < out["real"][cls]["lung_mean"] < 3
+    with pytest.raises(SystemExit, match="no ChestXRay2017 films"):
+        module.main(real=str(tmp_path / "nowhere"), n_per_class=2)
+
+
 @pytest.mark.parametrize("bundle, component, added", [
     ("lung_ct_segmentation", "train#random_transforms", {"RandHistogramShiftd"}),
     ("retina_oct_classification", "train#preprocessing",
      {"RandGaussianSmoothd", "RandHistogramShiftd", "RandBiasFieldd", "RandGaussianNoised"}),
+    ("pediatric_cxr_pneumonia_classification", "train#preprocessing",
+     {"RandGaussianSharpend", "RandBiasFieldd", "RandCoarseDropoutd"}),
 ])
 def test_domain_randomisation_switch(bundle, component, added):
     """``--domain_randomisation true`` adds the randomising transforms to training; off by default."""
