@@ -228,6 +228,8 @@ class ExplainWriter:
             image squashed to a square). None: drawn on the network input.
         secondary_capture: also write each overlay of a DICOM image as a DICOM Secondary Capture in its study
             (``<image stem>_<method>_sc.dcm``), for a PACS viewer.
+        capture_note: added to each Secondary Capture's ImageComments (OCT: that it shows the retina band,
+            not the scan's own geometry).
         bundle_root: the bundle (its name and version label the Secondary Capture).
     """
 
@@ -247,6 +249,7 @@ class ExplainWriter:
         source_loader: Any = None,
         secondary_capture: bool = False,
         bundle_root: str | os.PathLike = ".",
+        capture_note: str = "",
     ) -> None:
         unknown = set(methods) - {"occlusion", "gradcam"}
         if unknown:
@@ -262,6 +265,7 @@ class ExplainWriter:
         self.source_loader = source_loader
         self.secondary_capture = secondary_capture
         self.bundle_root = bundle_root
+        self.capture_note = capture_note
         self._used: set[str] = set()
 
     def attach(self, engine) -> None:
@@ -314,7 +318,7 @@ class ExplainWriter:
         header = image_header(filename)
         if header is not None:
             identity = bundle_identity(self.bundle_root)
-            write_result(lambda: overlay_capture(header, rgb, *identity, description), path, filename,
+            write_result(lambda: overlay_capture(header, rgb, *identity, description, note=self.capture_note), path, filename,
                          "Secondary Capture")
 
     def __call__(self, engine) -> None:

@@ -121,10 +121,12 @@ def test_explain_writes_occlusion_and_gradcam_overlays(trained, data, tmp_path):
     background = parser.get_parsed_content("handlers#2#source_loader")({"image": str(source)})["image"]
     height, width = np.asarray(Image.open(source)).shape[:2]
     assert tuple(background.shape) == (1, round(0.5 * height), width)
+    assert "retina band" in parser.get_parsed_content("handlers#2#capture_note")  # the DICOM capture says so
     # --retina_band false: the B-scan as read (not the normalised one that moves up the transform list)
     parser.update({"retina_band": False})
     background = parser.get_parsed_content("handlers#2#source_loader", lazy=False)({"image": str(source)})["image"]
     assert tuple(background.shape) == (1, height, width)
+    assert parser.get_parsed_content("handlers#2#capture_note", lazy=False) == ""
     raw = np.asarray(Image.open(source).convert("L"), dtype=np.float32) / 255.0
     assert float(np.abs(background[0].numpy() - raw).max()) < 1e-5
 

@@ -189,6 +189,12 @@ def test_explain_overlay_as_secondary_capture(films, tmp_path):
     sc, film = pydicom.dcmread(captures[0]), pydicom.dcmread(films / "film_dicom.dcm", stop_before_pixels=True)
     assert sc.StudyInstanceUID == film.StudyInstanceUID and sc.SeriesInstanceUID != film.SeriesInstanceUID
     assert (sc.Rows, sc.Columns) == (film.Rows, film.Columns) and sc.PhotometricInterpretation == "RGB"
+    assert sc.ImageComments == "Explanation overlay, not for diagnosis: where the model looked"
+    # a picture not in the source's geometry (OCT's retina band) says so in the same comment
+    from common.io.dicom_results import overlay_capture
+
+    noted = overlay_capture(film, np.zeros((8, 8, 3), np.uint8), "bundle", "0.1", "map", note="on the band")
+    assert noted.ImageComments.endswith("where the model looked; on the band")
 
 
 

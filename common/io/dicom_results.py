@@ -200,7 +200,7 @@ def _orientation(source: Any) -> tuple[str, str] | None:
 
 
 def overlay_capture(source: Any, rgb: np.ndarray, bundle: str, version: str, description: str,
-                    series_number: int = 904) -> Any:
+                    series_number: int = 904, note: str = "") -> Any:
     """An explanation overlay (RGB, the film's size) as a DICOM Secondary Capture in the source's study.
 
     Args:
@@ -210,6 +210,7 @@ def overlay_capture(source: Any, rgb: np.ndarray, bundle: str, version: str, des
         version: the bundle's version.
         description: the series description (method, class and probability).
         series_number: the new series' number.
+        note: added to the ImageComments, e.g. that the picture is not in the source's geometry.
 
     Returns:
         the ``highdicom.sc.SCImage``.
@@ -232,7 +233,7 @@ def overlay_capture(source: Any, rgb: np.ndarray, bundle: str, version: str, des
     if "Laterality" not in sc:  # Type 2C (paired body parts): the source's, empty when it gives none
         sc.Laterality = source.get("Laterality", "") or ""
     sc.SeriesDescription = f"{description} ({bundle} {version})"[:64]
-    sc.ImageComments = "Explanation overlay, not for diagnosis: where the model looked"
+    sc.ImageComments = "Explanation overlay, not for diagnosis: where the model looked" + (f"; {note}" if note else "")
     return sc
 
 
