@@ -514,6 +514,19 @@ def test_oct_lesion_keys_change_the_lesions_and_keep_them_in_the_retina():
 
     without, beside = lifted_columns(0.0), lifted_columns(1.0)
     assert np.all(beside >= without) and beside.sum() > without.sum()
+
+    def dme(subtle):  # thickest retina (ILM to RPE) and cyst area, over a few scans
+        thick, area = [], []
+        for seed in range(4):
+            out = render_oct(np.random.default_rng(seed), "DME", size=(248, 256),
+                             config={"dme_subtle_probability": subtle, "lesion_extent": [1.0, 1.0]})
+            b = out["boundaries"]
+            thick.append(float((b["RPE_top"] - b["ILM"]).max()))
+            area.append(int(out["lesion_mask"].sum()))
+        return np.array(thick), np.array(area)
+
+    (thick, area), (thin, small) = dme(0.0), dme(1.0)
+    assert np.all(thin < thick) and small.sum() < 0.5 * area.sum()
     for seed in range(4):
         out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
                          config={"cnv_disruption": 1.0, "fluid_reflectivity": 0.002, "lesion_extent": [1.0, 1.0]})

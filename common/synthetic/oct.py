@@ -92,6 +92,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "cnv_height_scale": 1.0,
         # share of CNV scans with drusen beside the lesion (wet AMD grows in an eye with drusen)
         "cnv_drusen_probability": 0.0,
+        # share of DME scans that are subtle: foveal pit kept, hardly thickened, one to three small cysts
+        "dme_subtle_probability": 0.0,
     },
     "export": {
         # the viewer's export: B-scans registered to the fundus image are rotated and shifted, and the
@@ -177,9 +179,11 @@ def _layer_thicknesses(r_mm: np.ndarray, nasal: np.ndarray, scale: float) -> dic
 
 
 def _intraretinal_cysts(
-    rng: np.random.Generator, b: dict[str, np.ndarray], x: np.ndarray, yy: np.ndarray, centre: float, n: int
+    rng: np.random.Generator, b: dict[str, np.ndarray], x: np.ndarray, yy: np.ndarray, centre: float, n: int,
+    size: float = 1.0,
 ) -> np.ndarray:
-    """Mask of ``n`` cystoid fluid spaces in the INL, OPL and ONL around ``centre`` (mm across the scan)."""
+    """Mask of ``n`` cystoid fluid spaces in the INL, OPL and ONL around ``centre`` (mm across the scan), ``size``
+    times the usual height and width."""
     cysts = np.zeros((yy.shape[0], x.shape[0]), dtype=bool)
     for _ in range(n):
         cx = centre + rng.normal(0, 0.7)
@@ -192,8 +196,8 @@ def _intraretinal_cysts(
         }[layer]
         lo, hi = sorted((b[lo_b][ci], b[hi_b][ci]))  # a steep lesion can push the ELM above the OPL
         cy = rng.uniform(lo, hi)
-        ry = max(rng.uniform(0.35, 0.7) * (hi - lo), 8.0)
-        rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0)
+        ry = max(rng.uniform(0.35, 0.7) * (hi - lo) * size, 8.0)
+        rx_mm = rng.uniform(0.04, 0.22) * (1.5 if layer == "ONL" else 1.0) * size
         inside = ((yy - cy) / ry) ** 2 + (((x[None, :] - cx) / rx_mm) ** 2) < 1.0
         cysts |= inside & (yy > b["ILM"][None, :] + 10) & (yy < b["ELM_top"][None, :])
     return cysts
@@ -263,6 +267,7 @@ def render_oct(
     swell = np.ones(w)  # thickening factor of the nuclear and plexiform layers (DME)
     pit_fill = 0.0
     cnv_cysts = False
+    subtle_dme = False
     if label == "DRUSEN":
         drusen_height = _drusen(rng, x, fovea, extent, cfg)
         bruch_lift = drusen_height
@@ -309,6 +314,14 @@ def render_oct(
             srf_height = _dome(
                 x, fovea + rng.normal(0, 0.2), rng.uniform(0.3, 0.9), rng.uniform(20, 90), power=0.9
             )
+            sub_retinal = srf_height
+        subtle_probability = float(cfg["dme_subtle_probability"])
+        if subtle_probability > 0 and rng.random() < subtle_probability:  # no draw when off (earlier sets)
+            # early or treated DME: the foveal pit still there, hardly any thickening, one to three small cysts
+            subtle_dme = True
+            swell = 1.0 + 0.15 * (swell - 1.0)
+            pit_fill *= 0.15
+            srf_height = np.zeros(w)
             sub_retinal = srf_height
 
     if pit_fill:
@@ -435,7 +448,10 @@ def render_oct(
             specks = ndimage.binary_dilation(specks, iterations=1)
             refl = np.where(specks, np.float32(0.8), refl)
     elif label == "DME":
-        cysts = _intraretinal_cysts(rng, b, x, yy, fovea, int(rng.integers(1, 2 + int(round(12 * extent)))))
+        if subtle_dme:
+            cysts = _intraretinal_cysts(rng, b, x, yy, fovea, int(rng.integers(1, 4)), size=0.5)
+        else:
+            cysts = _intraretinal_cysts(rng, b, x, yy, fovea, int(rng.integers(1, 2 + int(round(12 * extent)))))
         refl = np.where(cysts, fluid_in, refl)
         # hyperreflective foci (lipid exudates) in the outer plexiform layer
         for _ in range(int(rng.integers(0, 6))):
