@@ -295,7 +295,6 @@ def render_oct(
             rough = 1.0 + disruption * 0.8 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), max(w / 80, 1.0))
             cnv_height = np.clip(cnv_height * rough, 0, None)
             ped_height = np.clip(ped_height * rough, 0, None)
-            bruch_lift = ped_height if ped_type else bruch_lift
         height_scale = float(cfg["cnv_height_scale"])
         cnv_height, ped_height, srf_height = (v * height_scale for v in (cnv_height, ped_height, srf_height))
         bruch_lift = ped_height if ped_type else bruch_lift
