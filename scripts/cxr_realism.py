@@ -53,13 +53,16 @@ def lung_measures(image: np.ndarray) -> tuple[float, float]:
     return float(boxes.mean()), float((boxes - ndimage.gaussian_filter(boxes, 3.0)).std())
 
 
-def _real_files(real: Path, rng: np.random.Generator, n: int) -> dict[str, list[Path]]:
-    files = sorted(p for p in real.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    by_class = {
-        "NORMAL": [p for p in files if p.parent.name.upper() == "NORMAL"],
-        "BACTERIAL": [p for p in files if "bacteria" in p.name.lower()],
-        "VIRAL": [p for p in files if "virus" in p.name.lower()],
-    }
+def _real_files(real: Path, rng: np.random.Generator, n: int) -> dict[str, list[str]]:
+    """Up to ``n`` films per class of a ChestXRay2017 folder (every split found), read as the bundles read it."""
+    from common.data.kermany import locate_splits, scan_folder
+    from common.errors import InputDataError
+
+    try:
+        entries = [e for folder in locate_splits(real, "cxr").values() for e in scan_folder(folder, "cxr")]
+    except InputDataError as err:
+        raise SystemExit(f"no ChestXRay2017 films: {err}") from None
+    by_class = {c: [e["image"] for e in entries if e["class_name"] == c] for c in CLASSES}
     if not all(by_class.values()):
         raise SystemExit(f"{real}: no ChestXRay2017 films of every class (NORMAL/, *_bacteria_*, *_virus_*) found")
     return {c: [f[i] for i in rng.choice(len(f), min(n, len(f)), replace=False)] for c, f in by_class.items()}

@@ -390,24 +390,16 @@ def render_oct(
     )
 
     # ---- lesions on top of the layers ----
-    if label == "DRUSEN":
+    if drusen_height.any():  # drusen (the DRUSEN class, or beside a CNV lesion): grey deposits under the RPE
         m = (
             (yy >= rpe_top_d[None, :] + rpe_thick[None, :] * 0.8)
             & (yy < bruch[None, :])
             & (drusen_height[None, :] > 2)
+            & (ped_height[None, :] <= 2)
         )
         refl = np.where(m, np.float32(cfg["drusen_reflectivity"]), refl)
         lesion_masks.append(m)
-    elif label == "CNV":
-        if drusen_height.any():  # the drusen beside the lesion, grey under the RPE as in the DRUSEN class
-            m = (
-                (yy >= rpe_top_d[None, :] + rpe_thick[None, :] * 0.8)
-                & (yy < bruch[None, :])
-                & (drusen_height[None, :] > 2)
-                & (ped_height[None, :] <= 2)
-            )
-            refl = np.where(m, np.float32(cfg["drusen_reflectivity"]), refl)
-            lesion_masks.append(m)
+    if label == "CNV":
         top = rpe_top_d - sub_retinal
         # sub-retinal fluid under the detached retina, above the lesion
         srf = (yy >= top[None, :]) & (yy < (rpe_top_d - cnv_height)[None, :]) & (srf_height[None, :] > 2)
