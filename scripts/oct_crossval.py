@@ -213,9 +213,12 @@ def _train(data: Path, datalist: Path, work: Path, overrides: dict[str, Any]) ->
     return _bundle_run([BUNDLE / "configs" / "train.yaml"], args, work / "train.log")
 
 
-def _evaluate(data: Path, datalist: Path, work: Path, checkpoint: Path, n_boot: int) -> list[dict[str, Any]]:
-    args = {"dataset_dir": data, "datalist": datalist, "eval_split": "test", "ckpt_path": checkpoint,
-            "ckpt_dir": work / "models", "output_dir": work / "eval", "n_boot": n_boot, "num_workers": 0}
+def _evaluate(data: Path, datalist: Path, work: Path, checkpoint: Path, n_boot: int,
+              recipe: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    # scored with the settings the weights were trained with: --image_size or --retina_band change the input
+    args = {**(recipe or {}), "dataset_dir": data, "datalist": datalist, "eval_split": "test", "ckpt_path": checkpoint,
+            "initial_ckpt": "", "ckpt_dir": work / "models", "output_dir": work / "eval", "n_boot": n_boot,
+            "num_workers": 0}
     _bundle_run([BUNDLE / "configs" / "train.yaml", BUNDLE / "configs" / "evaluate.yaml"], args, work / "evaluate.log")
     with open(work / "eval" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -357,7 +360,8 @@ def run(
         data: the OCT2017-layout folder the folds file's paths are relative to.
         out: output folder (datalists, one sub-folder per fold with checkpoints, logs and evaluation).
         folds: comma-separated fold names to run ("" for none).
-        checkpoint: score this checkpoint on every fold instead of training (recipe (a)).
+        checkpoint: score this checkpoint on every fold instead of training (recipe (a)); ``overrides`` then
+            name the settings it was trained with (``--image_size``, ``--retina_band``), which scoring uses.
         train_all: also train the recipe on every scan (``OUT/all/models/model_final.pt``).
         eval_only: score the folds' existing ``model_final.pt`` again instead of training.
         folds_file: the named folds.
@@ -374,7 +378,7 @@ def run(
     results.update({
         "data": str(data_dir.name),
         "folds_file": str(Path(folds_file).relative_to(REPO)) if Path(folds_file).is_relative_to(REPO) else str(folds_file),
-        "recipe": {"checkpoint": checkpoint} if checkpoint else {k: str(v) for k, v in overrides.items()},
+        "recipe": {**({"checkpoint": checkpoint} if checkpoint else {}), **{k: str(v) for k, v in overrides.items()}},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "torch_threads": os.environ.get("OMP_NUM_THREADS", ""),
     })
@@ -391,7 +395,7 @@ def run(
             seconds, weights = results["folds"].get(fold, {}).get("train_seconds", float("nan")), work / "models" / "model_final.pt"
         else:
             seconds, weights = _train(data_dir, paths[fold], work, overrides), work / "models" / "model_final.pt"
-        rows = _evaluate(data_dir, paths[fold], work, weights, n_boot=0)
+        rows = _evaluate(data_dir, paths[fold], work, weights, n_boot=0, recipe=overrides)
         patients = {Path(f).name: parse_name(f)[1] for f in spec["folds"][fold]["files"]}
         for r in rows:
             r["patient"] = patients[r["file"]]

@@ -199,8 +199,8 @@ def oct_transfer(
     trained = train_synthetic("retina_oct_classification", data, out_dir / "synthetic", train_overrides, force)
     n_folds = len(json.loads(Path(folds_file).read_text())["folds"])
     fold_names = ",".join(oct_crossval.FOLD_NAMES[:n_folds])
-    runs = {"synthetic": oct_crossval.run(real, str(out_dir / "synthetic_only"), fold_names,
-                                          checkpoint=trained["checkpoint"], folds_file=folds_file, n_boot=N_BOOT)}
+    runs = {"synthetic": oct_crossval.run(real, str(out_dir / "synthetic_only"), fold_names, checkpoint=trained["checkpoint"],
+                                          folds_file=folds_file, n_boot=N_BOOT, **train_overrides)}
     for arm in selected[1:]:
         recipe = dict(OCT_REAL_RECIPES[arm])
         if arm == "finetune":
@@ -265,7 +265,10 @@ def pneumonia(
         scored.append(("real only (shipped weights)", "validation", shipped, "shipped_validation"))
     for arm, split, checkpoint, name in scored:
         work = out_dir / name
-        seconds = evaluate(PNEUMONIA, checkpoint, work, {"dataset_dir": real_dir, "eval_split": split, "n_boot": N_BOOT})
+        # the synthetic weights are scored with their training's settings (an --image_size changes the input)
+        recipe = train_overrides if checkpoint == trained["checkpoint"] else {}
+        seconds = evaluate(PNEUMONIA, checkpoint, work,
+                           {**recipe, "dataset_dir": real_dir, "eval_split": split, "n_boot": N_BOOT})
         rows[name] = {"arm": arm, "split": split, "eval_seconds": round(seconds, 1),
                       **_pneumonia_row(work / "eval" / "report.json")}
     lines = ["| trained on | real films scored | n (pneumonia) | pneumonia-vs-normal AUROC (95% CI) | sensitivity | specificity | 3-class accuracy |",

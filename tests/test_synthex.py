@@ -46,9 +46,25 @@ def _oct_stand_in(tmp_path: Path) -> Path:
     return real
 
 
-def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
+def _record_scoring(monkeypatch, module, name: str) -> list[dict]:
+    """Wrap ``module.name`` (a bundle run) so that the arguments of every evaluate.yaml run are kept."""
+    calls: list[dict] = []
+    original = getattr(module, name)
+
+    def recording(*args, **kwargs):
+        configs, settings = args[-3], args[-2]
+        if any(Path(c).name == "evaluate.yaml" for c in configs):
+            calls.append(dict(settings))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
+def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path, monkeypatch):
     import oct_crossval
 
+    scoring = _record_scoring(monkeypatch, oct_crossval, "_bundle_run")
     real = _oct_stand_in(tmp_path)
     folds = tmp_path / "folds.json"
     oct_crossval.folds(str(real), n_folds=2, out=str(folds))
@@ -65,6 +81,8 @@ def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
     assert Path(summary["synthetic_training"]["checkpoint"]).is_file()
     pooled = json.loads((out / "synthetic_only" / "crossval.json").read_text())["pooled"]
     assert pooled["n_images"] == len(list(real.rglob("*.jpeg")))  # every stand-in scan scored once
+    # the weights trained on 64-pixel inputs are scored on 64-pixel inputs, not the bundle's default 128
+    assert scoring and all(str(call["image_size"]) == "64" for call in scoring)
     # the same call again reuses the data and the weights (no second training)
     synthex.oct_transfer(out=str(out), real=str(real), synthetic_config=str(config), folds_file=str(folds), max_epochs=1,
                 num_workers=0, image_size=64)
@@ -77,8 +95,10 @@ def test_oct_synthetic_only_on_a_stand_in(synthex, tmp_path):
         synthex.oct_transfer(out=str(out), real=str(real), arms="synthetic,imagenet")
 
 
-def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path):
+def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path, monkeypatch):
     from common.synthetic.cxr import generate_pneumonia_cxr
+
+    scoring = _record_scoring(monkeypatch, synthex, "run_bundle")
 
     split = {"NORMAL": 8, "BACTERIAL": 8, "VIRAL": 8}
     generate_pneumonia_cxr(tmp_path / "src", config={"image_size": 64, "splits": {"train": split, "test": {}},
@@ -98,6 +118,8 @@ def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path):
     assert scores["real_all"]["n"] == len(list(real.rglob("*.jpeg")))
     assert 0.0 <= scores["real_all"]["auroc"]["value"] <= 1.0
     assert scores["real_validation"]["n"] < scores["real_all"]["n"]
+    # both scorings read the films at the size the weights were trained on (image_size 64, not the default 192)
+    assert len(scoring) == 2 and all(str(call["image_size"]) == "64" for call in scoring)
 
 
 def test_dice_by_case_reads_both_record_forms(synthex):
