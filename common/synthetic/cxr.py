@@ -49,6 +49,7 @@ from common.synthetic.drr import (
     resample_to_detector,
     to_ras,
 )
+from common.synthetic.film import DEFAULT_FILM, dress_film, film_enabled
 
 __all__ = [
     "PATTERNS",
@@ -95,6 +96,9 @@ DEFAULT_RENDER: dict[str, Any] = {
         "density": [0.55, 1.0],  # opacity density at severity 0 and 1 (fraction of the full HU change)
         "mask_min_path_mm": 3.0,  # a pixel is in the lesion mask where its ray crosses this much opacity
     },
+    # the room's marks on the written film: collimation, side marker, text, leads, grid (common.synthetic.film;
+    # every probability 0 by default)
+    "film": dict(DEFAULT_FILM),
 }
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -568,6 +572,8 @@ def render_cxr(
     bone_proj = resample_to_detector(base.bone_path, base.plane_spacing, geom, order=0, **pose) >= 2.0
     body_proj = resample_to_detector(base.body_path, base.plane_spacing, geom, order=0, **pose) >= 20.0
     image = detector_response(integral, rng=noise_rng, **detector)
+    if film_enabled(cfg["film"]):  # its own stream, drawn only when on: films without marks render as before
+        image = dress_film(image, np.random.default_rng(rng.integers(0, 2**63 - 1)), cfg["film"])
     return {
         "image": (image * 255.0 + 0.5).astype(np.uint8),
         "lung_mask": lung_mask.astype(np.uint8),
