@@ -259,14 +259,13 @@ def pneumonia(
     trained = train_synthetic(PNEUMONIA, data, out_dir / "synthetic", train_overrides, force)
     real_dir = Path(real).resolve()
     rows: dict[str, dict[str, Any]] = {}
-    scored = [("synthetic only", "all", trained["checkpoint"], "real_all"),
-              ("synthetic only", "validation", trained["checkpoint"], "real_validation")]
+    # each weights scored with the settings they were trained with (an --image_size changes the input)
+    scored = [("synthetic only", "all", trained["checkpoint"], train_overrides, "real_all"),
+              ("synthetic only", "validation", trained["checkpoint"], train_overrides, "real_validation")]
     if shipped:
-        scored.append(("real only (shipped weights)", "validation", shipped, "shipped_validation"))
-    for arm, split, checkpoint, name in scored:
+        scored.append(("real only (shipped weights)", "validation", shipped, {}, "shipped_validation"))
+    for arm, split, checkpoint, recipe, name in scored:
         work = out_dir / name
-        # the synthetic weights are scored with their training's settings (an --image_size changes the input)
-        recipe = train_overrides if checkpoint == trained["checkpoint"] else {}
         seconds = evaluate(PNEUMONIA, checkpoint, work,
                            {**recipe, "dataset_dir": real_dir, "eval_split": split, "n_boot": N_BOOT})
         rows[name] = {"arm": arm, "split": split, "eval_seconds": round(seconds, 1),

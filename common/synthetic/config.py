@@ -22,7 +22,7 @@ from common.io.atomic import atomic_write_text
 
 T = TypeVar("T")
 
-__all__ = ["load_config", "merge_config", "make_rng", "child_rng", "progress", "write_dataset_yaml", "to_builtin"]
+__all__ = ["load_config", "merge_config", "make_rng", "child_rng", "draw_uniform", "progress", "write_dataset_yaml", "to_builtin"]
 
 
 def merge_config(defaults: Mapping[str, Any], override: Mapping[str, Any] | None, source: str = "config") -> dict:
@@ -97,6 +97,20 @@ def load_config(
     if not isinstance(loaded, Mapping):
         raise InputDataError(path, f"the top level must be a mapping of keys, got {type(loaded).__name__}")
     return merge_config(defaults, loaded, source=str(path))
+
+
+def draw_uniform(rng: np.random.Generator, lo_hi: Any) -> float:
+    """One number drawn uniformly from a config range ``[low, high]`` (the generators' per-image settings).
+
+    Args:
+        rng: the generator to draw from (one draw, whatever the range).
+        lo_hi: the range, two numbers.
+
+    Returns:
+        the number, a Python float.
+    """
+    lo, hi = (float(v) for v in lo_hi)
+    return float(rng.uniform(lo, hi))
 
 
 def make_rng(seed: int, *stream: int | str) -> np.random.Generator:

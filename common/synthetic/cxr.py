@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from common.errors import InputDataError
 from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
-from common.synthetic.config import load_config, merge_config, write_dataset_yaml
+from common.synthetic.config import draw_uniform, load_config, merge_config, write_dataset_yaml
 from common.synthetic.drr import (
     MU_WATER_PER_MM,
     DetectorGeometry,
@@ -181,11 +181,6 @@ def _make_phantom(rng: np.random.Generator, pediatric: bool, cfg: dict) -> Any:
     return make_chest_phantom(rng, phantom_cfg, add_noise=False)
 
 
-def _u(rng: np.random.Generator, lo_hi: Any) -> float:
-    lo, hi = (float(v) for v in lo_hi)
-    return float(rng.uniform(lo, hi))
-
-
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: Any) -> np.ndarray:
     """Unit-variance Gaussian random field; wide ones are made on a half-resolution grid (4x faster)."""
     sigma = np.broadcast_to(np.asarray(sigma_vox, dtype=np.float64), (len(shape),))
@@ -266,7 +261,7 @@ def _prepare_base(phantom: Any, pediatric_anatomy: bool, rng: np.random.Generato
     lung = np.array(lung, dtype=np.uint8)
     if pediatric_anatomy:
         thymus = bool(rng.random() < float(cfg["thymus_probability"]))
-        _add_mediastinum(hu, lung, bone, spacing, _u(rng, cfg["heart_scale"]), thymus, rng)
+        _add_mediastinum(hu, lung, bone, spacing, draw_uniform(rng, cfg["heart_scale"]), thymus, rng)
     mu = hu_to_mu(hu)
     mu_soft_ref = np.float32(MU_WATER_PER_MM * 1.04)
     bone_excess = np.where(bone, np.maximum(mu - mu_soft_ref, 0.0), 0.0).astype(np.float32)
@@ -443,7 +438,7 @@ def _lesion_hu(
         score = -dist / scale + 0.18 * noise
         extent = lcfg["lobar_extent"][0] + sev * (lcfg["lobar_extent"][1] - lcfg["lobar_extent"][0])
         occ = _grow(score, lobe, extent, edge=0.08)
-        target = _u(rng, lcfg["consolidation_hu"])
+        target = draw_uniform(rng, lcfg["consolidation_hu"])
         # air bronchograms and uneven filling: a little texture inside the consolidation
         fill = np.clip(density * (1.0 - 0.12 * np.abs(_smooth_noise(rng, shape, 1.0))), 0.0, 1.0)
         dhu = occ * fill * (target - lung_hu)
@@ -464,15 +459,15 @@ def _lesion_hu(
             lcfg["interstitial_extent"][1] - lcfg["interstitial_extent"][0]
         )
         occ = _grow(weight.astype(np.float32), sel, extent, edge=0.25)
-        ggo_hu = _u(rng, lcfg["ground_glass_hu"])
-        ret_hu = _u(rng, lcfg["reticular_hu"])
+        ggo_hu = draw_uniform(rng, lcfg["ground_glass_hu"])
+        ret_hu = draw_uniform(rng, lcfg["reticular_hu"])
         band = _smooth_noise(rng, shape, 1.2) - 0.6 * _smooth_noise(rng, shape, 3.0)
         band /= band.std() + 1e-6
         lines = np.exp(-((band / 0.35) ** 2))  # thin sheets at the zero crossings: a reticular network
         haze = np.clip(0.75 + 0.35 * _smooth_noise(rng, shape, 4.0 / sp), 0.0, 1.0)
         # severe disease adds patchy airspace consolidation on top of the haze (more, and larger, with severity)
         patches = np.clip((_smooth_noise(rng, shape, 10.0 / sp) - (1.8 - 2.2 * sev)) / 0.5, 0.0, 1.0)
-        cons_hu = _u(rng, lcfg["consolidation_hu"])
+        cons_hu = draw_uniform(rng, lcfg["consolidation_hu"])
         dhu = (
             occ
             * density
@@ -536,17 +531,17 @@ def render_cxr(
         base_index = -1
         base = _prepare_base(phantom, False, np.random.default_rng(0), cfg)
 
-    scale = _u(pose_rng, cfg["size_jitter"])
-    fill = _u(pose_rng, cfg["fill_fraction"])
-    rotation = _u(pose_rng, cfg["rotation_deg"])
-    shift = np.array([_u(pose_rng, cfg["shift_fraction"]), _u(pose_rng, cfg["shift_fraction"])])
-    bone_k = _u(pose_rng, cfg["bone_contrast"])
+    scale = draw_uniform(pose_rng, cfg["size_jitter"])
+    fill = draw_uniform(pose_rng, cfg["fill_fraction"])
+    rotation = draw_uniform(pose_rng, cfg["rotation_deg"])
+    shift = np.array([draw_uniform(pose_rng, cfg["shift_fraction"]), draw_uniform(pose_rng, cfg["shift_fraction"])])
+    bone_k = draw_uniform(pose_rng, cfg["bone_contrast"])
     detector = {
-        "i0_photons": float(np.exp(_u(pose_rng, np.log(cfg["i0_photons"])))),
-        "scatter_fraction": _u(pose_rng, cfg["scatter_fraction"]),
-        "electronic_noise": _u(pose_rng, cfg["electronic_noise"]),
-        "unsharp_amount": _u(pose_rng, cfg["unsharp_amount"]),
-        "gamma": _u(pose_rng, cfg["gamma"]),
+        "i0_photons": float(np.exp(draw_uniform(pose_rng, np.log(cfg["i0_photons"])))),
+        "scatter_fraction": draw_uniform(pose_rng, cfg["scatter_fraction"]),
+        "electronic_noise": draw_uniform(pose_rng, cfg["electronic_noise"]),
+        "unsharp_amount": draw_uniform(pose_rng, cfg["unsharp_amount"]),
+        "gamma": draw_uniform(pose_rng, cfg["gamma"]),
     }
 
     pixel_spacing = base.body_width_mm * scale / (fill * size)
@@ -616,7 +611,7 @@ def _plan_pneumonia(cfg: dict, rng: np.random.Generator) -> list[dict[str, Any]]
                     names = [f"{patient}-{k + 1:04d}.jpeg" for k in range(n)]
                     folder = "NORMAL"
                 else:
-                    severity = _u(rng, cfg["severity"][cls])
+                    severity = draw_uniform(rng, cfg["severity"][cls])
                     kind = "bacteria" if cls == "BACTERIAL" else "virus"
                     patient = f"person{next_person}"
                     next_person += 1

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from common.synthetic.config import draw_uniform
+
 __all__ = ["DEFAULT_FILM", "dress_film", "film_enabled"]
 
 DEFAULT_FILM: dict[str, Any] = {
@@ -49,11 +51,6 @@ def film_enabled(cfg: Mapping[str, Any]) -> bool:
     return any(float(v) > 0 for k, v in cfg.items() if k.endswith("_probability"))
 
 
-def _u(rng: np.random.Generator, lo_hi: Any) -> float:
-    lo, hi = (float(v) for v in lo_hi)
-    return float(rng.uniform(lo, hi))
-
-
 def _text_mask(shape: tuple[int, int], text: str, height_px: float, top_left: tuple[float, float],
                boxed: bool = False) -> np.ndarray:
     """Anti-aliased coverage (0..1) of ``text`` written ``height_px`` high with its corner at ``top_left``."""
@@ -77,12 +74,12 @@ def _collimate(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, An
     rows, cols = image.shape
     r, c = np.mgrid[0:rows, 0:cols].astype(np.float32)
     # outside the field: unexposed (bright, as the raw detector shows it) or blacked out by the workstation
-    outside_value = _u(rng, (0.8, 1.0)) if rng.random() < 0.5 else _u(rng, (0.0, 0.08))
+    outside_value = draw_uniform(rng, (0.8, 1.0)) if rng.random() < 0.5 else draw_uniform(rng, (0.0, 0.08))
     outside = np.zeros(image.shape, dtype=bool)
     sides = rng.permutation(4)[: int(rng.integers(1, 5))]
     for side in sides:
-        inset = _u(rng, cfg["collimation_inset"])
-        slope = np.tan(np.deg2rad(_u(rng, (-2.0, 2.0))))  # a blade a little off the film's axes
+        inset = draw_uniform(rng, cfg["collimation_inset"])
+        slope = np.tan(np.deg2rad(draw_uniform(rng, (-2.0, 2.0))))  # a blade a little off the film's axes
         if side == 0:
             outside |= r < inset * rows + slope * (c - cols / 2)
         elif side == 1:
@@ -97,15 +94,15 @@ def _collimate(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, An
 
 def _marker(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, Any]) -> np.ndarray:
     rows, cols = image.shape
-    height = _u(rng, cfg["marker_height"]) * rows
+    height = draw_uniform(rng, cfg["marker_height"]) * rows
     right_side = rng.random() < 0.85  # the patient's right, on the viewer's left, is what most rooms mark
     letter = "R" if right_side else "L"
     if rng.random() < 0.15:
         letter = f"{letter} {rng.choice(['AP', 'A-P', 'PA'])}" if right_side else letter
-    row = _u(rng, (0.01, 0.25)) * rows
-    col = (_u(rng, (0.01, 0.15)) if right_side else _u(rng, (0.75, 0.9))) * cols
+    row = draw_uniform(rng, (0.01, 0.25)) * rows
+    col = (draw_uniform(rng, (0.01, 0.15)) if right_side else draw_uniform(rng, (0.75, 0.9))) * cols
     mask = _text_mask(image.shape, letter, height, (row, col), boxed=rng.random() < 0.2)
-    value = np.float32(_u(rng, (0.85, 1.0)))
+    value = np.float32(draw_uniform(rng, (0.85, 1.0)))
     return image * (1 - mask) + value * mask
 
 
@@ -119,11 +116,11 @@ def _text(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, Any]) -
             text = f"KV{rng.integers(55, 90)}"
         else:
             text = str(rng.choice(_TEXTS))
-        height = _u(rng, cfg["text_height"]) * rows
-        row = (_u(rng, (0.01, 0.08)) if rng.random() < 0.5 else _u(rng, (0.88, 0.95))) * rows
-        col = _u(rng, (0.02, 0.75)) * cols
+        height = draw_uniform(rng, cfg["text_height"]) * rows
+        row = (draw_uniform(rng, (0.01, 0.08)) if rng.random() < 0.5 else draw_uniform(rng, (0.88, 0.95))) * rows
+        col = draw_uniform(rng, (0.02, 0.75)) * cols
         mask = _text_mask(image.shape, text, height, (row, col))
-        image = image * (1 - mask) + np.float32(_u(rng, (0.85, 1.0))) * mask
+        image = image * (1 - mask) + np.float32(draw_uniform(rng, (0.85, 1.0))) * mask
     return image
 
 
@@ -134,28 +131,28 @@ def _leads(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, Any]) 
     draw = ImageDraw.Draw(canvas)
     lo, hi = (int(v) for v in cfg["electrodes"])
     for _ in range(int(rng.integers(lo, hi + 1))):
-        cy, cx = _u(rng, (0.05, 0.8)) * rows * 2, _u(rng, (0.05, 0.95)) * cols * 2
-        radius = _u(rng, cfg["electrode_radius"]) * cols * 2
+        cy, cx = draw_uniform(rng, (0.05, 0.8)) * rows * 2, draw_uniform(rng, (0.05, 0.95)) * cols * 2
+        radius = draw_uniform(rng, cfg["electrode_radius"]) * cols * 2
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=150)
         draw.ellipse((cx - radius / 3, cy - radius / 3, cx + radius / 3, cy + radius / 3), fill=255)
         # the wire: a quadratic curve from the electrode to a point on the nearer side or the top
-        end = (_u(rng, (0.0, 0.3)) * rows * 2, 0.0 if cx < cols else cols * 2.0)
+        end = (draw_uniform(rng, (0.0, 0.3)) * rows * 2, 0.0 if cx < cols else cols * 2.0)
         if rng.random() < 0.4:
-            end = (0.0, _u(rng, (0.1, 0.9)) * cols * 2)
-        bend = (_u(rng, (0.0, 1.0)) * rows * 2, _u(rng, (0.0, 1.0)) * cols * 2)
+            end = (0.0, draw_uniform(rng, (0.1, 0.9)) * cols * 2)
+        bend = (draw_uniform(rng, (0.0, 1.0)) * rows * 2, draw_uniform(rng, (0.0, 1.0)) * cols * 2)
         t = np.linspace(0.0, 1.0, 64)[:, None]
         points = (1 - t) ** 2 * np.array([cy, cx]) + 2 * (1 - t) * t * np.array(bend) + t**2 * np.array(end)
-        draw.line([(float(p[1]), float(p[0])) for p in points], fill=int(_u(rng, (90, 200))),
+        draw.line([(float(p[1]), float(p[0])) for p in points], fill=int(draw_uniform(rng, (90, 200))),
                   width=max(1, int(round(rows / 120))))
     mask = np.asarray(canvas.resize((cols, rows), Image.BILINEAR), dtype=np.float32) / 255.0
-    return np.clip(image + mask * (1.0 - image) * np.float32(_u(rng, (0.6, 1.0))), 0.0, 1.0)
+    return np.clip(image + mask * (1.0 - image) * np.float32(draw_uniform(rng, (0.6, 1.0))), 0.0, 1.0)
 
 
 def _grid(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, Any]) -> np.ndarray:
-    period = _u(rng, cfg["grid_period_px"])
-    phase = _u(rng, (0.0, 2 * np.pi))
+    period = draw_uniform(rng, cfg["grid_period_px"])
+    phase = draw_uniform(rng, (0.0, 2 * np.pi))
     lines = np.sin(2 * np.pi * np.arange(image.shape[1], dtype=np.float32) / period + phase)
-    amplitude = _u(rng, cfg["grid_amplitude"])
+    amplitude = draw_uniform(rng, cfg["grid_amplitude"])
     return image + np.float32(amplitude) * lines[None, :]
 
 
@@ -170,7 +167,7 @@ def dress_film(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, An
     Returns:
         the film with the marks, float32 in [0, 1], the same shape.
     """
-    out = np.asarray(image, dtype=np.float32).copy()
+    out = np.asarray(image, dtype=np.float32)  # every mark returns a new array: the caller's film is left alone
     steps = (("grid_probability", _grid), ("collimation_probability", _collimate), ("lead_probability", _leads),
              ("marker_probability", _marker), ("text_probability", _text))
     draws = rng.random(len(steps))  # decided first: one mark's probability does not change which others a film gets

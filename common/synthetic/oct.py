@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
-from common.synthetic.config import load_config, merge_config, write_dataset_yaml
+from common.synthetic.config import draw_uniform, load_config, merge_config, write_dataset_yaml
 
 __all__ = ["CLASSES", "DEFAULT_CONFIG", "render_oct", "simulate_export", "generate_oct"]
 
@@ -140,11 +140,6 @@ BOUNDARY_NAMES = (
 )
 
 
-def _u(rng: np.random.Generator, lo_hi: Any) -> float:
-    lo, hi = (float(v) for v in lo_hi)
-    return float(rng.uniform(lo, hi))
-
-
 def _dome(x: np.ndarray, center: float, half_width: float, height: float, power: float = 0.6) -> np.ndarray:
     t = np.clip(1.0 - ((x - center) / half_width) ** 2, 0.0, None)
     return height * t**power
@@ -155,7 +150,7 @@ def _drusen(rng: np.random.Generator, x: np.ndarray, fovea: float, extent: float
     height = np.zeros(x.shape)
     for _ in range(int(rng.integers(1, 2 + int(round(6 * extent))))):
         c = fovea + rng.normal(0, 0.9)
-        height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, _u(rng, cfg["drusen_height_um"]) * extent, power=0.7)
+        height += _dome(x, c, rng.uniform(0.08, 0.4) * extent, draw_uniform(rng, cfg["drusen_height_um"]) * extent, power=0.7)
     return np.minimum(height, 160.0)
 
 
@@ -226,28 +221,28 @@ def render_oct(
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
     cfg = merge_config(DEFAULT_CONFIG["render"], config, source="render config")
     h, w = (int(s) for s in size)
-    width_mm = _u(rng, cfg["scan_width_mm"])
-    depth_um = _u(rng, cfg["depth_um"])
+    width_mm = draw_uniform(rng, cfg["scan_width_mm"])
+    depth_um = draw_uniform(rng, cfg["depth_um"])
     um_per_px = depth_um / h
     x = np.linspace(-width_mm / 2, width_mm / 2, w)
-    fovea = _u(rng, cfg["fovea_offset_mm"])
+    fovea = draw_uniform(rng, cfg["fovea_offset_mm"])
     r = np.abs(x - fovea)
     # the nerve fibre layer thickens towards the optic disc (nasal side, either side of the image)
     nasal_side = rng.choice([-1.0, 1.0])
     nasal = np.clip(nasal_side * (x - fovea) / 3.0, 0.0, 1.0)
-    scale = _u(rng, cfg["thickness_scale"])
+    scale = draw_uniform(rng, cfg["thickness_scale"])
     thick = _layer_thicknesses(r, nasal, scale)
-    extent = _u(rng, cfg["lesion_extent"])
+    extent = draw_uniform(rng, cfg["lesion_extent"])
     um_per_col = width_mm * 1000.0 / w
 
     # RPE top (um below the top of the image): tilt + bow + a gentle wobble
-    tilt = np.tan(np.deg2rad(_u(rng, cfg["tilt_deg"]))) * 1000.0  # um per mm
-    bow = _u(rng, cfg["curvature"]) * 10.0
+    tilt = np.tan(np.deg2rad(draw_uniform(rng, cfg["tilt_deg"]))) * 1000.0  # um per mm
+    bow = draw_uniform(rng, cfg["curvature"]) * 10.0
     wobble = ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 12) * 40.0
-    rpe_top = _u(rng, cfg["rpe_depth_fraction"]) * depth_um + tilt * x - bow * x**2 + wobble
+    rpe_top = draw_uniform(rng, cfg["rpe_depth_fraction"]) * depth_um + tilt * x - bow * x**2 + wobble
     # an ageing RPE is never a ruled line: small undulations tens of um long, in every class
     ripple_cols = max(20.0 / um_per_col, 1.0)
-    rpe_top = rpe_top + ndimage.gaussian_filter1d(rng.normal(0, 1, w), ripple_cols) * _u(rng, cfg["rpe_irregularity_um"]) * np.sqrt(ripple_cols)
+    rpe_top = rpe_top + ndimage.gaussian_filter1d(rng.normal(0, 1, w), ripple_cols) * draw_uniform(rng, cfg["rpe_irregularity_um"]) * np.sqrt(ripple_cols)
     rpe_thick = np.full(w, 22.0 * scale) + ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 30) * 3.0
     choroid = 200.0 + 80.0 * np.exp(-(((x - fovea) / 3.0) ** 2)) + rng.normal(0, 30)
 
@@ -364,7 +359,7 @@ def render_oct(
 
     # ---- reflectivity with anti-aliased boundaries ----
     layer_refl = [v for _, v in _LAYERS]
-    layer_refl[-2] = _u(rng, cfg["choroid_reflectivity"])
+    layer_refl[-2] = draw_uniform(rng, cfg["choroid_reflectivity"])
     refl = np.full((h, w), layer_refl[0], dtype=np.float32)
     yy_px = (yy / np.float32(um_per_px) + np.float32(0.5)).astype(np.float32)
     for k, bound in enumerate(ordered):
@@ -460,12 +455,12 @@ def render_oct(
     mu = (0.0002 + 0.0015 * refl).astype(np.float32)  # attenuation per um, scattering tissue attenuates
     mu[yy[:, 0] < 0] = 0
     if max(cfg["choroid_attenuation_per_mm"]) > 0:  # no draw when off: earlier data sets stay byte-identical
-        extra = np.float32(_u(rng, cfg["choroid_attenuation_per_mm"]) / 1000.0)
+        extra = np.float32(draw_uniform(rng, cfg["choroid_attenuation_per_mm"]) / 1000.0)
         mu += np.where(yy > bruch[None, :], extra, np.float32(0.0))
     attenuation = np.exp(-2.0 * np.cumsum(mu, axis=0) * np.float32(um_per_px))
-    rolloff = np.exp(-rows / _u(rng, cfg["rolloff_um"]))[:, None]
+    rolloff = np.exp(-rows / draw_uniform(rng, cfg["rolloff_um"]))[:, None]
     xn = (np.arange(w) - (w - 1) / 2) / ((w - 1) / 2)
-    vignette = 1.0 - _u(rng, cfg["vignetting"]) * xn[None, :] ** 2
+    vignette = 1.0 - draw_uniform(rng, cfg["vignetting"]) * xn[None, :] ** 2
     signal = refl * attenuation * rolloff * vignette
     # retinal vessels in the inner retina: a bright cross-section that shadows everything beneath it
     lo_n, hi_n = (int(v) for v in cfg["vessel_shadows"])
@@ -481,20 +476,20 @@ def render_oct(
         vessel = ((yy - depth) / (half * 1000.0)) ** 2 + (((x[None, :] - cx) / half) ** 2) < 1.0
         signal = np.where(vessel, np.maximum(signal, np.float32(0.2) * attenuation), signal)
     looks = int(rng.integers(int(cfg["speckle_looks"][0]), int(cfg["speckle_looks"][1]) + 1))
-    grain = _u(rng, cfg["speckle_grain_px"])
+    grain = draw_uniform(rng, cfg["speckle_grain_px"])
     speckle = np.zeros((h, w), dtype=np.float32)
     for _ in range(looks):
         re = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
         im = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (grain, grain * 1.6))
         speckle += re * re + im * im
     speckle /= speckle.mean()
-    floor = _u(rng, cfg["noise_floor"])
+    floor = draw_uniform(rng, cfg["noise_floor"])
     noise = rng.exponential(floor, (h, w)).astype(np.float32)
     intensity = signal * speckle + noise
     db = 10.0 * np.log10(np.maximum(intensity, 1e-8))
     top = np.percentile(db, 99.9)
-    rng_db = _u(rng, cfg["dynamic_range_db"]) * 0.5  # intensity dB: half the amplitude range
-    image = np.clip((db - (top - rng_db)) / rng_db, 0.0, 1.0) ** _u(rng, cfg["display_gamma"])
+    rng_db = draw_uniform(rng, cfg["dynamic_range_db"]) * 0.5  # intensity dB: half the amplitude range
+    image = np.clip((db - (top - rng_db)) / rng_db, 0.0, 1.0) ** draw_uniform(rng, cfg["display_gamma"])
     image = (image * 255.0 + 0.5).astype(np.uint8)
 
     mask = np.zeros((h, w), dtype=np.uint8)
@@ -527,8 +522,8 @@ def simulate_export(
     cfg = merge_config(DEFAULT_CONFIG["export"], config, source="export config")
     if rng.random() >= float(cfg["fill_probability"]):
         return image, mask
-    angle = _u(rng, cfg["rotation_deg"])
-    shift = _u(rng, cfg["shift_fraction"]) * image.shape[0] * rng.choice([-1.0, 1.0])
+    angle = draw_uniform(rng, cfg["rotation_deg"])
+    shift = draw_uniform(rng, cfg["shift_fraction"]) * image.shape[0] * rng.choice([-1.0, 1.0])
     # the fill is marked by rotating a coverage map, so JPEG-like grey at the border stays the scan's
     covered = ndimage.rotate(np.ones(image.shape, np.float32), angle, reshape=False, order=1, cval=0.0)
     covered = ndimage.shift(covered, (shift, 0.0), order=1, cval=0.0) > 0.5
