@@ -50,6 +50,7 @@ from common.synthetic.drr import (
     to_ras,
 )
 from common.synthetic.film import DEFAULT_FILM, dress_film, film_enabled
+from common.synthetic.girdle import DEFAULT_GIRDLE, add_shoulder_girdle, girdle_enabled
 
 __all__ = [
     "PATTERNS",
@@ -87,11 +88,16 @@ DEFAULT_RENDER: dict[str, Any] = {
     "electronic_noise": [0.5, 3.0],
     "unsharp_amount": [0.3, 1.0],
     "gamma": [1.3, 1.9],  # display curve: > 1 darkens the lung fields as film-like processing does
+    # an S-shaped tone curve after the gamma (common.synthetic.drr.detector_response): null, or
+    # {centre: [lo, hi], width: [lo, hi]} on the windowed [0, 1] image; steep over the lungs, flat in the
+    # bright mediastinum and bone, so dense opacities lose the contrast of the ribs behind them as on real films
+    "s_curve": None,
     "lesion": {
         "consolidation_hu": [-60.0, 40.0],  # HU of airless lung (lobar pattern at full density)
         "ground_glass_hu": [-560.0, -420.0],  # HU of the interstitial haze at full density
         "reticular_hu": [-350.0, -150.0],  # HU of the reticular lines
         "lobar_extent": [0.3, 0.95],  # fraction of the lobe consolidated at severity 0 and 1
+        "lobar_lobes": [1, 1],  # lobes consolidated in a lobar (bacterial) film, inclusive range; either lung
         "interstitial_extent": [0.2, 0.85],  # fraction of both lungs involved at severity 0 and 1
         "density": [0.55, 1.0],  # opacity density at severity 0 and 1 (fraction of the full HU change)
         "mask_min_path_mm": 3.0,  # a pixel is in the lesion mask where its ray crosses this much opacity
@@ -99,6 +105,9 @@ DEFAULT_RENDER: dict[str, Any] = {
     # the room's marks on the written film: collimation, side marker, text, leads, grid (common.synthetic.film;
     # every probability 0 by default)
     "film": dict(DEFAULT_FILM),
+    # the neck, shoulders, clavicles and arms, which the CT phantoms do not reach (common.synthetic.girdle;
+    # probability 0 by default; never drawn on ct_sources, which have their own)
+    "girdle": dict(DEFAULT_GIRDLE),
 }
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -364,18 +373,52 @@ def _get_base(pediatric: bool, index: int, cfg: dict) -> _Base:
             cfg["pediatric_body_scale"],
             cfg["heart_scale"],
             cfg["thymus_probability"],
+            cfg["girdle"],
         ],
         sort_keys=True,
     )
     if key not in _POOL:
         seq = np.random.SeedSequence([int(cfg["pool_seed"]), int(pediatric), int(index)])
-        phantom_rng, anatomy_rng = (np.random.default_rng(s) for s in seq.spawn(2))
+        # spawned children do not depend on how many are spawned: the first two are those of earlier versions
+        phantom_rng, anatomy_rng, girdle_rng = (np.random.default_rng(s) for s in seq.spawn(3))
         if cfg["ct_sources"]:
             phantom = _load_ct_source(cfg["ct_sources"], cfg["ct_lung_names"], index)
         else:
             phantom = _make_phantom(phantom_rng, pediatric, cfg)
-        _POOL[key] = _prepare_base(phantom, pediatric, anatomy_rng, cfg)
+        base = _prepare_base(phantom, pediatric, anatomy_rng, cfg)
+        if not cfg["ct_sources"] and girdle_enabled(cfg["girdle"]):
+            base = _with_girdle(base, girdle_rng, cfg["girdle"])
+        _POOL[key] = base
     return _POOL[key]
+
+
+def _with_girdle(base: _Base, rng: np.random.Generator, girdle_cfg: Mapping[str, Any]) -> _Base:
+    """``base`` with a neck, shoulders and arms drawn into its planes (``common.synthetic.girdle``).
+
+    The planes are widened first, so that arms beside the chest are not cut off by the phantom's field of view.
+    """
+    from dataclasses import replace
+
+    pad = int(np.ceil(0.35 * base.body_width_mm / base.plane_spacing[1]))
+    planes = {
+        name: np.pad(getattr(base, name), ((0, 0), (pad, pad)))
+        for name in ("soft", "bone", "lung_path", "body_path", "bone_path")
+    }
+    apex_row = float(np.nonzero(planes["lung_path"].max(axis=1) > 0)[0][0])
+    centre_col = base.lung_center_mm[1] / base.plane_spacing[1] + pad
+    drawn = add_shoulder_girdle(
+        planes["soft"], planes["bone"], planes["body_path"], planes["bone_path"], base.plane_spacing,
+        apex_row, centre_col, base.body_width_mm, rng, girdle_cfg,
+    )
+    if drawn is None:
+        return base
+    planes.update(drawn)
+    return replace(
+        base,
+        **planes,
+        plane_origin=(base.plane_origin[0], base.plane_origin[1] + pad),
+        lung_center_mm=(base.lung_center_mm[0], base.lung_center_mm[1] + pad * base.plane_spacing[1]),
+    )
 
 
 def _lobe_masks(label: np.ndarray, side: int) -> dict[str, np.ndarray]:
@@ -406,6 +449,32 @@ def _grow(score: np.ndarray, region: np.ndarray, fraction: float, edge: float) -
     return np.where(region, occ, 0.0).astype(np.float32)
 
 
+def _consolidate_lobe(
+    lobe: np.ndarray, shape: tuple[int, ...], sp: np.ndarray, sev: float, density: float, lung_hu: float,
+    rng: np.random.Generator, lcfg: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A consolidation grown from a seed in one lobe: its HU increase and 'solid' occupancy."""
+    pts = np.argwhere(lobe)
+    seed = pts[int(rng.integers(len(pts)))] * sp
+    grid = [np.arange(n) * s for n, s in zip(shape, sp)]
+    dist = np.sqrt(
+        (grid[0][:, None, None] - seed[0]) ** 2
+        + (grid[1][None, :, None] - seed[1]) ** 2
+        + (grid[2][None, None, :] - seed[2]) ** 2
+    )
+    scale = float(np.ptp(pts * sp, axis=0).max() + 1.0)
+    noise = _smooth_noise(rng, shape, 8.0 / sp)
+    score = -dist / scale + 0.18 * noise
+    extent = lcfg["lobar_extent"][0] + sev * (lcfg["lobar_extent"][1] - lcfg["lobar_extent"][0])
+    occ = _grow(score, lobe, extent, edge=0.08)
+    target = draw_uniform(rng, lcfg["consolidation_hu"])
+    # air bronchograms and uneven filling: a little texture inside the consolidation
+    fill = np.clip(density * (1.0 - 0.12 * np.abs(_smooth_noise(rng, shape, 1.0))), 0.0, 1.0)
+    dhu = occ * fill * (target - lung_hu)
+    solid = occ * fill
+    return dhu.astype(np.float32), solid.astype(np.float32)
+
+
 def _lesion_hu(
     base: _Base, pattern: str, severity: float, rng: np.random.Generator, cfg: dict
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -418,32 +487,26 @@ def _lesion_hu(
     density = lcfg["density"][0] + sev * (lcfg["density"][1] - lcfg["density"][0])
     lung_hu = -850.0
     if pattern == "lobar":
-        side = 1 if rng.random() < 0.55 else 2
-        if not np.any(label == side):
-            side = 3 - side
-        lobes = _lobe_masks(label, side)
-        names = [n for n, m in lobes.items() if m.any()]
-        weights = np.array([{"upper": 0.4, "middle": 0.2, "lower": 0.5}[n] for n in names])
-        lobe = lobes[names[int(rng.choice(len(names), p=weights / weights.sum()))]]
-        pts = np.argwhere(lobe)
-        seed = pts[int(rng.integers(len(pts)))] * sp
-        grid = [np.arange(n) * s for n, s in zip(shape, sp)]
-        dist = np.sqrt(
-            (grid[0][:, None, None] - seed[0]) ** 2
-            + (grid[1][None, :, None] - seed[1]) ** 2
-            + (grid[2][None, None, :] - seed[2]) ** 2
-        )
-        scale = float(np.ptp(pts * sp, axis=0).max() + 1.0)
-        noise = _smooth_noise(rng, shape, 8.0 / sp)
-        score = -dist / scale + 0.18 * noise
-        extent = lcfg["lobar_extent"][0] + sev * (lcfg["lobar_extent"][1] - lcfg["lobar_extent"][0])
-        occ = _grow(score, lobe, extent, edge=0.08)
-        target = draw_uniform(rng, lcfg["consolidation_hu"])
-        # air bronchograms and uneven filling: a little texture inside the consolidation
-        fill = np.clip(density * (1.0 - 0.12 * np.abs(_smooth_noise(rng, shape, 1.0))), 0.0, 1.0)
-        dhu = occ * fill * (target - lung_hu)
-        solid = occ * fill
-        return dhu.astype(np.float32), solid.astype(np.float32)
+        lo_n, hi_n = (int(v) for v in lcfg["lobar_lobes"])
+        n_lobes = int(rng.integers(lo_n, hi_n + 1)) if hi_n > lo_n else lo_n  # no draw at [1, 1] (earlier sets)
+        dhu = np.zeros(shape, np.float32)
+        solid = np.zeros(shape, np.float32)
+        taken: set[tuple[int, str]] = set()
+        for _ in range(n_lobes):
+            side = 1 if rng.random() < 0.55 else 2
+            if not np.any(label == side):
+                side = 3 - side
+            lobes = _lobe_masks(label, side)
+            names = [n for n, m in lobes.items() if m.any() and (side, n) not in taken]
+            if not names:
+                continue
+            weights = np.array([{"upper": 0.4, "middle": 0.2, "lower": 0.5}[n] for n in names])
+            name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+            taken.add((side, name))
+            lobe_dhu, lobe_solid = _consolidate_lobe(lobes[name], shape, sp, sev, density, lung_hu, rng, lcfg)
+            dhu = np.maximum(dhu, lobe_dhu)
+            solid = np.maximum(solid, lobe_solid)
+        return dhu, solid
     if pattern == "interstitial":
         sel = label > 0
         idx = np.argwhere(sel)
@@ -543,6 +606,8 @@ def render_cxr(
         "unsharp_amount": draw_uniform(pose_rng, cfg["unsharp_amount"]),
         "gamma": draw_uniform(pose_rng, cfg["gamma"]),
     }
+    if cfg["s_curve"]:  # drawn last and only when set: films without it render as before
+        detector["s_curve"] = (draw_uniform(pose_rng, cfg["s_curve"]["centre"]), draw_uniform(pose_rng, cfg["s_curve"]["width"]))
 
     pixel_spacing = base.body_width_mm * scale / (fill * size)
     geom = DetectorGeometry(shape=(size, size), pixel_spacing=pixel_spacing, center_mm=base.lung_center_mm)

@@ -285,6 +285,7 @@ def detector_response(
     unsharp_amount: float = 0.6,
     unsharp_sigma_px: float = 6.0,
     gamma: float = 1.0,
+    s_curve: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Turn line integrals into a processed radiograph (bone bright, air dark).
 
@@ -302,6 +303,10 @@ def detector_response(
         unsharp_amount: edge enhancement (0 disables).
         unsharp_sigma_px: scale of the edge enhancement, pixels.
         gamma: display gamma applied after the window (< 1 brightens).
+        s_curve: ``(centre, width)`` of an S-shaped tone curve applied last (a logistic through the windowed
+            image, rescaled to [0, 1]), as film's characteristic curve and the look-up tables of radiography
+            workstations are: steep over the lungs, flattening into the mediastinum and bone, where dense
+            opacities then lose contrast. None: no S-curve.
 
     Returns:
         float32 image in [0, 1] of the same shape.
@@ -323,6 +328,11 @@ def detector_response(
     img = np.clip((log_img - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     if gamma != 1.0:
         img = img ** np.float32(gamma)
+    if s_curve is not None:
+        centre, width = (float(v) for v in s_curve)
+        ends = 1.0 / (1.0 + np.exp(-(np.array([0.0, 1.0]) - centre) / width))
+        img = (1.0 / (1.0 + np.exp(-(img - np.float32(centre)) / np.float32(width))) - np.float32(ends[0]))
+        img = np.clip(img / np.float32(ends[1] - ends[0]), 0.0, 1.0)
     return img.astype(np.float32, copy=False)
 
 
