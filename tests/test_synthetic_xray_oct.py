@@ -539,3 +539,36 @@ def test_oct_lesion_keys_change_the_lesions_and_keep_them_in_the_retina():
         return out["image"][out["lesion_mask"] > 0].astype(float).mean()
 
     assert fluid_mean({"fluid_reflectivity": 0.001}) < fluid_mean({})
+
+
+def test_oct_band_look_keys_fluid_lumens_and_vessels():
+    def fluid_lift(probability):  # how far the outer retina sits above the RPE: the lesion and any fluid under it
+        lifts = []
+        for seed in range(5):
+            out = render_oct(np.random.default_rng(seed), "CNV", size=(248, 256),
+                             config={"cnv_fluid_probability": probability, "lesion_extent": [1.0, 1.0]})
+            b = out["boundaries"]
+            lifts.append(float((b["RPE_top"] - b["EZ/IZ"]).max()))
+        return np.array(lifts)
+
+    none, always = fluid_lift(0.0), fluid_lift(1.0)
+    assert np.all(always >= none - 1e-3) and always.sum() > none.sum() + 10  # one draw either way: same lesions
+
+    def choroid_mean(contrast):  # the choroid's mean grey: darker where its vessel lumens are darker
+        out = render_oct(np.random.default_rng(4), "NORMAL", size=(248, 256),
+                         config={"choroid_lumen_contrast": contrast, "speckle_looks": [16, 16]})
+        b = out["boundaries"]
+        return float(out["image"][int(np.median(b["Bruch"])) + 4 : int(np.median(b["choroid/sclera"]))].mean())
+
+    assert choroid_mean(0.1) < choroid_mean(0.5) < choroid_mean(1.0)
+    assert choroid_mean(0.1) < choroid_mean(1.0) - 5.0
+
+    def inner_peak(brightness):  # the inner retina's brightest pixels against the RPE's
+        out = render_oct(np.random.default_rng(6), "NORMAL", size=(248, 256),
+                         config={"vessel_brightness": brightness, "vessel_shadows": [4, 4]})
+        b = out["boundaries"]
+        ilm, inl, rpe = (int(np.median(b[k])) for k in ("ILM", "IPL/INL", "RPE_top"))
+        img = out["image"].astype(float)
+        return np.percentile(img[ilm:inl], 99.5) / np.percentile(img[rpe : rpe + 4], 50)
+
+    assert inner_peak(1.0) > inner_peak(0.0) * 1.05

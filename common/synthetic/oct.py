@@ -87,6 +87,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # lesion outline, a fragmented RPE and ellipsoid zone over it, exudate specks and more often cysts
         "cnv_disruption": 0.0,
         "choroid_vessel_scale": 1.0,  # size of the choroid's dark vessel lumens (1: 20-100 um)
+        "choroid_lumen_contrast": 0.5,  # a lumen's reflectivity, times the stroma's around it (1: no lumens)
+        "vessel_brightness": 0.2,  # a retinal vessel's cross-section (signal before attenuation; 0: only its shadow)
+        # chance of sub-retinal fluid with a CNV lesion; null: 0.55 under the RPE (type 1), 0.85 above it (type 2)
+        "cnv_fluid_probability": None,
         # height of the CNV lesion, its PED and the fluid over it, times the earlier sets' (60-220 um PED,
         # 40-150 um lesion, 30-160 um fluid at full extent); real CNV is often lower and broad
         "cnv_height_scale": 1.0,
@@ -281,7 +285,8 @@ def render_oct(
             cnv_height = _dome(x, c, rng.uniform(0.3, 1.0) * extent, rng.uniform(40, 150) * extent, power=0.8)
             cnv_height *= 1.0 + 0.25 * ndimage.gaussian_filter1d(rng.normal(0, 1, w), w / 40)
             cnv_height = np.clip(cnv_height, 0, None)
-        if rng.random() < (0.55 if ped_type else 0.85):
+        fluid_probability = (0.55 if ped_type else 0.85) if cfg["cnv_fluid_probability"] is None else float(cfg["cnv_fluid_probability"])
+        if rng.random() < fluid_probability:
             srf_height = _dome(
                 x, c + rng.normal(0, 0.3), rng.uniform(0.4, 1.8) * extent, rng.uniform(30, 160) * extent, power=0.9
             )
@@ -376,7 +381,7 @@ def render_oct(
     vessels /= vessels.std() + 1e-6
     depth_in_choroid = np.clip((yy - bruch[None, :]) / np.maximum(choroid[None, :], 1.0), 0, 1)
     lumen = (vessels > 0.6 - 0.5 * depth_in_choroid) & choroid_band
-    refl = np.where(lumen, np.float32(0.5) * refl, refl)
+    refl = np.where(lumen, np.float32(cfg["choroid_lumen_contrast"]) * refl, refl)
     # the stroma is brightest under Bruch's membrane (choriocapillaris) and fades towards the sclera
     refl = np.where(choroid_band, refl * (1.0 - 0.6 * depth_in_choroid).astype(np.float32), refl)
     # gentle lateral texture in every layer (vessels, reflectivity variation)
@@ -474,7 +479,7 @@ def render_oct(
         below = (yy > depth + half * 1000.0) & cols[None, :]
         signal = np.where(below, signal * np.float32(rng.uniform(0.4, 0.85)), signal)
         vessel = ((yy - depth) / (half * 1000.0)) ** 2 + (((x[None, :] - cx) / half) ** 2) < 1.0
-        signal = np.where(vessel, np.maximum(signal, np.float32(0.2) * attenuation), signal)
+        signal = np.where(vessel, np.maximum(signal, np.float32(cfg["vessel_brightness"]) * attenuation), signal)
     looks = int(rng.integers(int(cfg["speckle_looks"][0]), int(cfg["speckle_looks"][1]) + 1))
     grain = draw_uniform(rng, cfg["speckle_grain_px"])
     speckle = np.zeros((h, w), dtype=np.float32)
