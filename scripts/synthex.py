@@ -6,6 +6,8 @@
     python scripts/synthex.py pneumonia --out runs/synthex/pneumonia
     # lung CT: synthetic-only phantoms, scored on the nine real LCTSC CTs (real arms: scripts/lung_crossval.py)
     python scripts/synthex.py lung --out runs/synthex/lung
+    # pneumonia: several synthetic-only models' probabilities averaged, on the same real films
+    python scripts/synthex.py ensemble runs/synthex/pneumonia runs/synthex/pneumonia_seed1 [--split real_all]
     # every task's table, as docs/synthetic_data.md carries it
     python scripts/synthex.py table runs/synthex
 
@@ -282,6 +284,48 @@ def pneumonia(
     return _write(out_dir, summary, "\n".join(lines) + "\n")
 
 
+def _read_pneumonia_predictions(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    import csv
+
+    path = folder / "eval" / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions; run `scripts/synthex.py pneumonia` for that output first")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    files = [r["file"] for r in rows]
+    return files, np.array([r["label"] != "NORMAL" for r in rows]), np.array([float(r["p_pneumonia"]) for r in rows])
+
+
+def ensemble(*outs: str, split: str = "real_all") -> str:
+    """Pneumonia: the AUROC of several synthetic-only models' averaged probabilities on the same real films.
+
+    Args:
+        outs: output folders of ``scripts/synthex.py pneumonia`` runs (two or more).
+        split: which scoring to average: ``real_all`` (every real film) or ``real_validation``.
+
+    Returns:
+        one line: the averaged models' pneumonia-vs-normal AUROC (95% bootstrap CI over films) and their
+        sensitivity and specificity at 0.5.
+
+    Raises:
+        ValueError: fewer than two folders, or folders that scored different films.
+    """
+    from common.metrics.classification import bootstrap_ci, roc_auc, sensitivity_specificity
+
+    if len(outs) < 2:
+        raise ValueError("ensemble needs the output folders of two or more pneumonia runs")
+    scored = [_read_pneumonia_predictions(Path(o) / split) for o in outs]
+    files, truth, _ = scored[0]
+    for o, (other_files, _, _) in zip(outs[1:], scored[1:]):
+        if other_files != files:
+            raise ValueError(f"{o}/{split} scored other films than {outs[0]}/{split}: they cannot be averaged")
+    prob = np.mean([p for _, _, p in scored], axis=0)
+    auroc = bootstrap_ci(roc_auc, truth, prob, n_boot=N_BOOT)
+    sens, spec = sensitivity_specificity(truth, prob >= 0.5)
+    return (f"{len(outs)} models averaged, {split} ({len(files)} films): AUROC {_ci_text(auroc)}, "
+            f"sensitivity {sens:.3f}, specificity {spec:.3f} at 0.5")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # lung CT
 # ---------------------------------------------------------------------------------------------------------
@@ -373,4 +417,4 @@ def table(root: str = "runs/synthex") -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire({"oct": oct_transfer, "pneumonia": pneumonia, "lung": lung, "table": table})
+    fire.Fire({"oct": oct_transfer, "pneumonia": pneumonia, "ensemble": ensemble, "lung": lung, "table": table})

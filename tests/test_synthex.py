@@ -122,6 +122,28 @@ def test_pneumonia_synthetic_only_on_a_stand_in(synthex, tmp_path, monkeypatch):
     assert len(scoring) == 2 and all(str(call["image_size"]) == "64" for call in scoring)
 
 
+def _predictions(folder: Path, labels: list[str], p_pneumonia: list[float], names: list[str] | None = None) -> None:
+    (folder / "real_all" / "eval").mkdir(parents=True)
+    names = names or [f"f{k}.jpeg" for k in range(len(labels))]
+    lines = ["file,label,p_pneumonia"] + [f"{n},{y},{p}" for n, y, p in zip(names, labels, p_pneumonia)]
+    (folder / "real_all" / "eval" / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ensemble_averages_the_models_probabilities(synthex, tmp_path):
+    labels = ["NORMAL", "NORMAL", "BACTERIAL", "VIRAL"]
+    # each model ranks one normal film above one pneumonia film; their average ranks every film right
+    _predictions(tmp_path / "a", labels, [0.1, 0.7, 0.6, 0.9])
+    _predictions(tmp_path / "b", labels, [0.7, 0.1, 0.9, 0.6])
+    line = synthex.ensemble(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert line.startswith("2 models averaged, real_all (4 films): AUROC 1.000")
+    assert "sensitivity 1.000, specificity 1.000" in line
+    _predictions(tmp_path / "c", labels, [0.1, 0.7, 0.6, 0.9], names=["x", "y", "z", "w"])
+    with pytest.raises(ValueError, match="other films"):
+        synthex.ensemble(str(tmp_path / "a"), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="two or more"):
+        synthex.ensemble(str(tmp_path / "a"))
+
+
 def test_dice_by_case_reads_both_record_forms(synthex):
     evaluate_cases = [{"image": "/d/Case_003_ct.nii.gz", "metrics": {"dice_both_lungs": 0.9}}]
     crossval_cases = [{"case": "Case_003", "metrics": {"both_lungs": {"dice": 0.95}}}]
