@@ -273,8 +273,21 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
               "ct_sources": str(real / "lctsc_train9" / "*_ct.nii.gz")}
     from_cts = [_rgb(render_cxr(np.random.default_rng([seed, 900, k]), 224, True, patterns[k % 4], 0.7,
                                 config=ct_cfg, base_index=k)["image"]) for k in range(per_row)]
+    # the same draws with the settings of two transfer experiments: the girdle the phantoms lack, denser opacities
+    # (severity at about the middle of each set's range)
+    experiments = Path(__file__).resolve().parents[1] / "docs" / "experiments"
+    variants = {}
+    for name in ("girdle", "dense"):
+        cfg = yaml.safe_load((experiments / f"pneumonia_synthex_{name}.yaml").read_text())
+        variants[name] = [_rgb(render_cxr(np.random.default_rng([seed, 800, k]), 224, True, patterns[k % 4],
+                                          0.7 if name == "girdle" else 0.75, config=cfg["render"])["image"])
+                          for k in range(per_row)]
     img = _grid([("real: ChestXRay2017 (Kermany et al., CC BY 4.0), 224 px copies", [_gray_tile(Path(f), tile, 1.0) for f in picks]),
                  ("synthetic: projected from CT phantoms", [_resize(f, tile) for f in from_phantoms]),
+                 ("synthetic: CT phantoms with the neck, shoulders, clavicles and arms drawn in (pneumonia_synthex_girdle.yaml)",
+                  [_resize(f, tile) for f in variants["girdle"]]),
+                 ("synthetic: CT phantoms with denser and larger opacities (pneumonia_synthex_dense.yaml)",
+                  [_resize(f, tile) for f in variants["dense"]]),
                  ("synthetic: projected from the real CTs above (SyntheX's way)", [_resize(f, tile) for f in from_cts])],
                 "Pediatric chest X-rays, real | synthetic (NORMAL, lobar, interstitial, lobar), 224 px", tile)
     written.append(_save_small(img, out / "real_vs_synthetic_cxr.png"))
