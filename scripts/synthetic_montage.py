@@ -273,8 +273,8 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
               "ct_sources": str(real / "lctsc_train9" / "*_ct.nii.gz")}
     from_cts = [_rgb(render_cxr(np.random.default_rng([seed, 900, k]), 224, True, patterns[k % 4], 0.7,
                                 config=ct_cfg, base_index=k)["image"]) for k in range(per_row)]
-    # the same draws with the settings of two transfer experiments: the girdle the phantoms lack, denser opacities
-    # (severity at about the middle of each set's range)
+    # the same seeds and patterns with the settings of two transfer experiments (their pool of 24 phantoms gives
+    # other anatomies): the girdle the phantoms lack, and denser opacities at about the middle of their severities
     experiments = Path(__file__).resolve().parents[1] / "docs" / "experiments"
     variants = {}
     for name in ("girdle", "dense"):

@@ -285,6 +285,7 @@ def pneumonia(
 
 
 def _read_pneumonia_predictions(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(files, is pneumonia, p_pneumonia) of one scoring's ``eval/predictions.csv``."""
     import csv
 
     path = folder / "eval" / "predictions.csv"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from common.errors import InputDataError
 from common.synthetic import cxr as cxr_mod
 from common.synthetic.drr import detector_response
 
@@ -37,6 +39,8 @@ def test_render_s_curve_changes_the_film_not_the_masks_and_is_off_by_default():
     # the lungs get more of the grey scale: a wider spread of grey levels inside them
     lungs = plain["lung_mask"] > 0
     assert curved["image"][lungs].std() > plain["image"][lungs].std()
+    with pytest.raises(InputDataError, match="s_curve"):
+        cxr_mod.render_config({"s_curve": {"center": [0.3, 0.4], "width": [0.1, 0.1]}})
 
 
 def _lobes_hit(n_lobes: int, seed: int) -> int:

@@ -30,7 +30,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,9 @@ DEFAULT_RENDER: dict[str, Any] = {
         "ground_glass_hu": [-560.0, -420.0],  # HU of the interstitial haze at full density
         "reticular_hu": [-350.0, -150.0],  # HU of the reticular lines
         "lobar_extent": [0.3, 0.95],  # fraction of the lobe consolidated at severity 0 and 1
-        "lobar_lobes": [1, 1],  # lobes consolidated in a lobar (bacterial) film, inclusive range; either lung
+        # picks of a lobe to consolidate in a lobar (bacterial) film, inclusive range: each pick draws a lung
+        # (right 55%), then a lobe of it not yet taken; a pick whose lung has none left is skipped
+        "lobar_lobes": [1, 1],
         "interstitial_extent": [0.2, 0.85],  # fraction of both lungs involved at severity 0 and 1
         "density": [0.55, 1.0],  # opacity density at severity 0 and 1 (fraction of the full HU change)
         "mask_min_path_mm": 3.0,  # a pixel is in the lesion mask where its ray crosses this much opacity
@@ -162,7 +164,8 @@ def render_config(override: Mapping[str, Any] | None, source: str = "render conf
         the merged settings.
 
     Raises:
-        InputDataError: an unknown key (in ``phantom``: one ``make_chest_phantom`` does not know).
+        InputDataError: an unknown key (in ``phantom``: one ``make_chest_phantom`` does not know), or an
+            ``s_curve`` without exactly ``centre`` and ``width``.
     """
     from common.synthetic.ct_phantom import PHANTOM_DEFAULTS
 
@@ -175,6 +178,9 @@ def render_config(override: Mapping[str, Any] | None, source: str = "render conf
     merge_config(PHANTOM_DEFAULTS, phantom, source=f"{source}: phantom")  # unknown keys fail here, naming the file
     cfg = merge_config(DEFAULT_RENDER, override, source=source)
     cfg["phantom"] = phantom
+    s_curve = cfg["s_curve"]
+    if s_curve is not None and (not isinstance(s_curve, Mapping) or set(s_curve) != {"centre", "width"}):
+        raise InputDataError(source, f"'s_curve' must be null or {{centre: [lo, hi], width: [lo, hi]}}, got {s_curve!r}")
     return cfg
 
 
@@ -396,9 +402,15 @@ def _with_girdle(base: _Base, rng: np.random.Generator, girdle_cfg: Mapping[str,
     """``base`` with a neck, shoulders and arms drawn into its planes (``common.synthetic.girdle``).
 
     The planes are widened first, so that arms beside the chest are not cut off by the phantom's field of view.
-    """
-    from dataclasses import replace
 
+    Args:
+        base: a prepared phantom (``_prepare_base``).
+        rng: the generator the girdle is drawn from.
+        girdle_cfg: a merged ``DEFAULT_GIRDLE``.
+
+    Returns:
+        a new ``_Base`` with the girdle in its planes, or ``base`` itself when this anatomy draws none.
+    """
     pad = int(np.ceil(0.35 * base.body_width_mm / base.plane_spacing[1]))
     planes = {
         name: np.pad(getattr(base, name), ((0, 0), (pad, pad)))
@@ -453,7 +465,19 @@ def _consolidate_lobe(
     lobe: np.ndarray, shape: tuple[int, ...], sp: np.ndarray, sev: float, density: float, lung_hu: float,
     rng: np.random.Generator, lcfg: Mapping[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A consolidation grown from a seed in one lobe: its HU increase and 'solid' occupancy."""
+    """A consolidation grown from a seed in one lobe.
+
+    Args:
+        lobe: boolean mask of the lobe in the lungs' bounding box.
+        shape: the bounding box's shape; sp: its voxel sizes (mm).
+        sev: severity 0..1 (scales the extent); density: fraction of the full HU change.
+        lung_hu: the aerated lung's HU the change is measured from.
+        rng: the lesion's random generator.
+        lcfg: the merged ``lesion`` settings.
+
+    Returns:
+        (HU increase, 'solid' occupancy 0..1), float32 arrays of ``shape``.
+    """
     pts = np.argwhere(lobe)
     seed = pts[int(rng.integers(len(pts)))] * sp
     grid = [np.arange(n) * s for n, s in zip(shape, sp)]

@@ -303,8 +303,8 @@ def detector_response(
         unsharp_amount: edge enhancement (0 disables).
         unsharp_sigma_px: scale of the edge enhancement, pixels.
         gamma: display gamma applied after the window (< 1 brightens).
-        s_curve: ``(centre, width)`` of an S-shaped tone curve applied last (a logistic through the windowed
-            image, rescaled to [0, 1]), as film's characteristic curve and the look-up tables of radiography
+        s_curve: ``(centre, width)`` of an S-shaped tone curve applied last, after the gamma (a logistic of
+            the [0, 1] image, rescaled so that 0 and 1 stay 0 and 1), as film's characteristic curve and the look-up tables of radiography
             workstations are: steep over the lungs, flattening into the mediastinum and bone, where dense
             opacities then lose contrast. None: no S-curve.
 

@@ -66,6 +66,7 @@ def _segment_distance(y: np.ndarray, x: np.ndarray, p0: np.ndarray, p1: np.ndarr
 
 
 def _polyline_distance(y: np.ndarray, x: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance of the points (y, x) from the polyline through ``points`` ((N, 2) of (y, x), mm)."""
     dist = np.full(y.shape, np.inf, dtype=np.float64)
     for p0, p1 in zip(points[:-1], points[1:]):
         dist = np.minimum(dist, _segment_distance(y, x, p0, p1))
