@@ -41,6 +41,7 @@ from common.errors import InputDataError
 from common.synthetic._io import parallel_map, save_gray_jpeg, save_mask_png
 from common.synthetic.config import draw_uniform, load_config, merge_config, write_dataset_yaml
 from common.synthetic.drr import (
+    MU_SOFT_TISSUE_PER_MM,
     MU_WATER_PER_MM,
     DetectorGeometry,
     detector_response,
@@ -278,7 +279,7 @@ def _prepare_base(phantom: Any, pediatric_anatomy: bool, rng: np.random.Generato
         thymus = bool(rng.random() < float(cfg["thymus_probability"]))
         _add_mediastinum(hu, lung, bone, spacing, draw_uniform(rng, cfg["heart_scale"]), thymus, rng)
     mu = hu_to_mu(hu)
-    mu_soft_ref = np.float32(MU_WATER_PER_MM * 1.04)
+    mu_soft_ref = np.float32(MU_SOFT_TISSUE_PER_MM)
     bone_excess = np.where(bone, np.maximum(mu - mu_soft_ref, 0.0), 0.0).astype(np.float32)
     soft_plane, plane_spacing = line_integrals(mu - bone_excess, spacing)
     bone_plane, _ = line_integrals(bone_excess, spacing)
@@ -516,11 +517,14 @@ def _lesion_hu(
         dhu = np.zeros(shape, np.float32)
         solid = np.zeros(shape, np.float32)
         taken: set[tuple[int, str]] = set()
+        lobes_of: dict[int, dict[str, np.ndarray]] = {}  # each lung's lobes cut once, however many picks
         for _ in range(n_lobes):
             side = 1 if rng.random() < 0.55 else 2
             if not np.any(label == side):
                 side = 3 - side
-            lobes = _lobe_masks(label, side)
+            if side not in lobes_of:
+                lobes_of[side] = _lobe_masks(label, side)
+            lobes = lobes_of[side]
             names = [n for n, m in lobes.items() if m.any() and (side, n) not in taken]
             if not names:
                 continue

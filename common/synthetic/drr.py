@@ -52,6 +52,8 @@ __all__ = [
 # Linear attenuation coefficient of water at about 60 keV, the effective energy of a 110-120 kVp
 # chest beam after the patient's own filtration (NIST XCOM: 0.2059 cm^2/g at 60 keV).
 MU_WATER_PER_MM = 0.0206
+#: soft tissue (about 40 HU): the reference the projected bone's excess attenuation is measured from
+MU_SOFT_TISSUE_PER_MM = MU_WATER_PER_MM * 1.04
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.synthetic.config import draw_uniform
-from common.synthetic.drr import MU_WATER_PER_MM, hu_to_mu
+from common.synthetic.drr import MU_SOFT_TISSUE_PER_MM, hu_to_mu
 
 __all__ = ["DEFAULT_GIRDLE", "girdle_enabled", "add_shoulder_girdle"]
 
@@ -126,9 +126,8 @@ def add_shoulder_girdle(
     x = np.zeros((rows, 1)) + ((np.arange(cols, dtype=np.float64) - centre_col) * sc)[None, :]
 
     mu_soft = float(hu_to_mu(np.float32(_HU_SOFT)))
-    mu_soft_ref = MU_WATER_PER_MM * 1.04  # the reference the bone excess is measured from (cxr._prepare_base)
-    excess_cortex = float(hu_to_mu(np.float32(_HU_CORTEX))) - mu_soft_ref
-    excess_cancellous = float(hu_to_mu(np.float32(_HU_CANCELLOUS))) - mu_soft_ref
+    excess_cortex = float(hu_to_mu(np.float32(_HU_CORTEX))) - MU_SOFT_TISSUE_PER_MM
+    excess_cancellous = float(hu_to_mu(np.float32(_HU_CANCELLOUS))) - MU_SOFT_TISSUE_PER_MM
 
     sides = []
     for sign in (-1.0, 1.0):  # -1: the patient's right (the viewer's left)
