@@ -14,7 +14,9 @@ rendered at that size by ``common.synthetic.oct``):
   sclera fade into the dark;
 - the geometry of the RPE, measured the same way on both sets (``common.transforms.fit_rpe_curve``, the quadratic
   through the columns' brightest rows): the median tilt and bow, rows from the centre to the edge of the scan;
-- the retina's thickness in NORMAL scans: on the band ``OCTRetinaBandd`` cuts (the RPE on one row), the rows
+- how flat the band leaves the RPE, every scan: rows between the 10th and 90th percentile of the brightest
+  row near the band's RPE row, with ``OCTRetinaBandd``'s fit now and with the calibration fit;
+- the retina's thickness in NORMAL scans: on the band ``OCTRetinaBandd`` cuts with that fit (the RPE on one row), the rows
   from where the median profile first rises halfway from the vitreous to the inner retina down to the RPE.
 
 The generator's layer reflectivities and display settings were set with this script (docs/synthetic_data.md).
@@ -62,11 +64,16 @@ def profile(image: np.ndarray, rpe_rows: np.ndarray | None = None) -> np.ndarray
     return np.median(columns, axis=0) if columns else None
 
 
+#: the RPE fit the generator was calibrated with (the brightest-row quadratic, ``OCTRetinaBandd``'s before
+#: 2026-12-07), kept so that the figures in docs/synthetic_data.md stay comparable
+CALIBRATION_FIT = {"degree": 2, "bright_fraction": 1.0, "refine_window": 0.0}
+
+
 def rpe_geometry(image: np.ndarray) -> np.ndarray:
     """(|tilt|, bow) of the RPE: rows from the scan's centre to its edge, from the fitted quadratic."""
     from common.transforms import fit_rpe_curve
 
-    curve = fit_rpe_curve(np.asarray(image, dtype=np.float32) / 255.0)
+    curve = fit_rpe_curve(np.asarray(image, dtype=np.float32) / 255.0, **CALIBRATION_FIT)
     centre, left, right = curve[len(curve) // 2], curve[0], curve[-1]
     return np.array([abs(right - left) / 2, centre - (left + right) / 2])  # bow > 0: the edges rise
 
@@ -78,9 +85,28 @@ def band_profile(image: np.ndarray) -> np.ndarray:
     from common.transforms import OCTNormalized, OCTRetinaBandd
 
     x = {"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)}
-    band = OCTNormalized("image")(OCTRetinaBandd("image")(x))["image"][0].numpy()
+    band = OCTNormalized("image")(OCTRetinaBandd("image", **CALIBRATION_FIT)(x))["image"][0].numpy()
     w = band.shape[1]
     return np.median(band[:, w // 4 : 3 * w // 4], axis=1)
+
+
+def band_rpe_spread(image: np.ndarray, fit: dict | None = None) -> float:
+    """How flat the band leaves the RPE: rows between the 10th and 90th percentile of each column's brightest
+    row within 0.12 of the band's height of the row the band puts the RPE on (export fill left out)."""
+    import torch
+    from scipy import ndimage
+
+    from common.transforms import OCTRetinaBandd
+
+    cut = OCTRetinaBandd("image", **(fit or {}))
+    band = cut({"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)})["image"][0].numpy()
+    h = band.shape[0]
+    target = int(round(cut.above / (cut.above + cut.below) * h))
+    lo, hi = max(target - int(0.12 * h), 0), target + int(0.12 * h)
+    fill = (band <= 0.0) | (band >= 1.0)
+    rows = np.argmax(ndimage.gaussian_filter(np.where(fill, 0.0, band), (2, 6))[lo:hi], axis=0)
+    rows = rows[fill.mean(axis=0) < 0.5]
+    return float(np.percentile(rows, 90) - np.percentile(rows, 10)) if rows.size else float("nan")
 
 
 def retina_rows(profile: np.ndarray, rpe_row: int) -> float:
@@ -102,8 +128,9 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         synthetic_config: generator YAML whose ``render`` and ``export`` keys are used ("" = the defaults).
 
     Returns:
-        ``{"real": {...}, "synthetic": {...}}`` with ``percentiles``, ``normal_profile``, ``rpe_tilt_bow`` and
-        ``retina_rows``.
+        ``{"real": {...}, "synthetic": {...}}`` with ``percentiles``, ``normal_profile``, ``rpe_tilt_bow``,
+        ``retina_rows`` and ``band_rpe_spread`` (median and mean over the scans; columns: the band's fit, the
+        calibration fit).
     """
     from common.synthetic.config import load_config
     from common.synthetic.oct import CLASSES, DEFAULT_CONFIG, render_oct, simulate_export
@@ -116,7 +143,7 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         raise SystemExit(f"{real}: no <CLASS>/*.jpeg B-scans")
     real_images = {f: np.asarray(Image.open(f).convert("L").resize(SHAPE[::-1], Image.BILINEAR)) for f in files}
     real_profiles = [profile(im) for f, im in real_images.items() if f.parent.name == "NORMAL"]
-    synth_pct, synth_profiles, synth_geometry, synth_bands = [], [], [], []
+    synth_pct, synth_profiles, synth_geometry, synth_bands, synth_spread = [], [], [], [], []
     for k in range(n_synthetic):
         label = CLASSES[k % len(CLASSES)]
         rng = np.random.default_rng([seed, k])
@@ -124,6 +151,7 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         image, _ = simulate_export(rng, sample["image"], sample["lesion_mask"], export_cfg)
         synth_pct.append(percentiles(image))
         synth_geometry.append(rpe_geometry(image))
+        synth_spread.append([band_rpe_spread(image), band_rpe_spread(image, CALIBRATION_FIT)])
         if label == "NORMAL":
             synth_bands.append(band_profile(image))
             b = sample["boundaries"]
@@ -142,10 +170,13 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
         "real": {"percentiles": np.median([percentiles(im) for im in real_images.values()], axis=0),
                  "normal_profile": np.median(real_profiles, axis=0),
                  "rpe_tilt_bow": np.median([rpe_geometry(im) for im in real_images.values()], axis=0),
-                 "retina_rows": np.array(retina_rows(np.median(real_bands, axis=0), rpe_row))},
+                 "retina_rows": np.array(retina_rows(np.median(real_bands, axis=0), rpe_row)),
+                 "band_rpe_spread": np.array([[band_rpe_spread(im), band_rpe_spread(im, CALIBRATION_FIT)]
+                                              for im in real_images.values()])},
         "synthetic": {"percentiles": np.median(synth_pct, axis=0), "normal_profile": np.median(synth_profiles, axis=0),
                       "rpe_tilt_bow": np.median(synth_geometry, axis=0),
-                      "retina_rows": np.array(retina_rows(np.median(synth_bands, axis=0), rpe_row))},
+                      "retina_rows": np.array(retina_rows(np.median(synth_bands, axis=0), rpe_row)),
+                      "band_rpe_spread": np.array(synth_spread)},
     }
     print("grey-level percentiles 10/50/90/99 (median over images)")
     for name in ("real", "synthetic"):
@@ -157,6 +188,14 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
     for name in ("real", "synthetic"):
         tilt, bow = out[name]["rpe_tilt_bow"]
         print(f"  {name:<9} tilt {tilt:5.1f}  bow {bow:5.1f}  retina {float(out[name]['retina_rows']):5.1f}")
+    print("RPE spread in the band, rows p10-p90 (median / mean / scans over 20): the band's fit now | the calibration fit")
+    for name in ("real", "synthetic"):
+        spread = out[name]["band_rpe_spread"]
+        cells = [f"{np.median(c):5.1f} / {c.mean():5.1f} / {int((c > 20).sum()):2d}" for c in spread.T]
+        print(f"  {name:<9} " + "  |  ".join(cells))
+    for name in ("real", "synthetic"):  # the table keeps the summary, not one figure per scan
+        spread = out[name]["band_rpe_spread"]
+        out[name]["band_rpe_spread"] = np.array([np.median(spread, axis=0), spread.mean(axis=0)])
     return {k: {kk: np.round(vv, 1).tolist() for kk, vv in v.items()} for k, v in out.items()}
 
 

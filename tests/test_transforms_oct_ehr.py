@@ -132,7 +132,7 @@ def test_oct_retina_band_keeps_export_fill_out_of_the_fit_and_checks_input():
 def test_rpe_fit_ignores_columns_where_something_outshines_the_rpe():
     """In a fifth of the columns, scattered, a brighter band lies 80 rows above the RPE (vessel walls, a bright
     nerve fibre layer): the refitted quadratic follows the RPE, where one fit through every column's maximum is
-    dragged up. (A contiguous block of such columns can still bend the fit: docs of the bundle, 5 of 48 real scans.)"""
+    dragged up. (A contiguous block of them near the disc: the next test.)"""
     from common.transforms.oct import fit_rpe_curve
 
     h, w = 200, 240
@@ -148,6 +148,36 @@ def test_rpe_fit_ignores_columns_where_something_outshines_the_rpe():
     maxima = np.argmax(ndimage.gaussian_filter(image, (3.0, 0.5)), axis=0)
     naive = np.polyval(np.polyfit(xn, maxima, 2), xn)
     assert np.abs(naive - rpe).max() > 10.0  # what the rejection of outlying columns is for
+
+
+def test_rpe_fit_follows_an_asymmetric_rpe_under_a_bright_nerve_fibre_layer():
+    """Near the optic disc the nerve fibre layer thickens and can outshine the RPE over a contiguous fifth of
+    the scan, and real retinas are not parabolas: the default fit (deepest bright row, quartic, refined) stays
+    on the RPE; the brightest-row quadratic used before (``degree=2, bright_fraction=1.0, refine_window=0``)
+    is dragged off it by tens of rows."""
+    from common.transforms.oct import fit_rpe_curve
+
+    h, w = 240, 300
+    xn = (np.arange(w) - (w - 1) / 2) / ((w - 1) / 2)
+    rpe = 160.0 - 10.0 * xn - 25.0 * xn**2 + 18.0 * xn**3 + 20.0 * xn**4  # flat centre, rising towards the disc
+    rows = np.arange(h)[:, None]
+    image = 0.08 + 0.55 * np.exp(-(((rows - rpe[None, :]) / 2.5) ** 2))
+    image += 0.25 * np.exp(-(((rows - (rpe - 14.0)[None, :]) / 2.0) ** 2))  # the ellipsoid zone, dimmer, above
+    # nasal fifth: a nerve fibre layer up to 1.2 times as bright as the RPE after the fit's smoothing (the
+    # deepest-bright rule gives way at 1 / bright_fraction = 1.25)
+    nfl = np.clip((xn - 0.35) / 0.3, 0.0, 1.0)
+    image += 0.4 * nfl[None, :] * np.exp(-(((rows - (rpe - 70.0)[None, :]) / 6.0) ** 2))
+    image = np.clip(image + np.random.default_rng(1).normal(0.0, 0.02, image.shape), 0.01, 0.99)
+
+    fitted = fit_rpe_curve(image)
+    assert np.percentile(np.abs(fitted - rpe), 95) < 3.0
+    before = fit_rpe_curve(image, degree=2, bright_fraction=1.0, refine_window=0.0)
+    assert np.abs(before - rpe).max() > 20.0
+    band = OCTRetinaBandd("image")({"image": torch.as_tensor(image[None], dtype=torch.float32)})["image"][0].numpy()
+    brightest = np.argmax(ndimage.gaussian_filter(band, (2, 4)), axis=0)
+    assert np.percentile(np.abs(brightest - round(0.35 * h)), 90) <= 3
+    with pytest.raises(ValueError, match="bright_fraction"):
+        OCTRetinaBandd("image", bright_fraction=0.0)
 
 
 def test_oct_blank_or_volume_is_refused(tmp_path):
