@@ -92,7 +92,8 @@ def band_profile(image: np.ndarray) -> np.ndarray:
 
 def band_rpe_spread(image: np.ndarray, fit: dict | None = None) -> float:
     """How flat the band leaves the RPE: rows between the 10th and 90th percentile of each column's brightest
-    row within 0.12 of the band's height of the row the band puts the RPE on (export fill left out)."""
+    row within 0.12 of the band's height of the row the band puts the RPE on (columns mostly export fill or
+    outside the scan there left out; NaN when none is left)."""
     import torch
     from scipy import ndimage
 
@@ -103,9 +104,9 @@ def band_rpe_spread(image: np.ndarray, fit: dict | None = None) -> float:
     h = band.shape[0]
     target = int(round(cut.above / (cut.above + cut.below) * h))
     lo, hi = max(target - int(0.12 * h), 0), target + int(0.12 * h)
-    fill = (band <= 0.0) | (band >= 1.0)
+    fill = (band <= 0.0) | (band >= 1.0)  # export fill, and rows the band took from outside the scan
     rows = np.argmax(ndimage.gaussian_filter(np.where(fill, 0.0, band), (2, 6))[lo:hi], axis=0)
-    rows = rows[fill.mean(axis=0) < 0.5]
+    rows = rows[fill[lo:hi].mean(axis=0) < 0.5]
     return float(np.percentile(rows, 90) - np.percentile(rows, 10)) if rows.size else float("nan")
 
 
@@ -191,11 +192,11 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
     print("RPE spread in the band, rows p10-p90 (median / mean / scans over 20): the band's fit now | the calibration fit")
     for name in ("real", "synthetic"):
         spread = out[name]["band_rpe_spread"]
-        cells = [f"{np.median(c):5.1f} / {c.mean():5.1f} / {int((c > 20).sum()):2d}" for c in spread.T]
+        cells = [f"{np.nanmedian(c):5.1f} / {np.nanmean(c):5.1f} / {int((c > 20).sum()):2d}" for c in spread.T]
         print(f"  {name:<9} " + "  |  ".join(cells))
     for name in ("real", "synthetic"):  # the table keeps the summary, not one figure per scan
         spread = out[name]["band_rpe_spread"]
-        out[name]["band_rpe_spread"] = np.array([np.median(spread, axis=0), spread.mean(axis=0)])
+        out[name]["band_rpe_spread"] = np.array([np.nanmedian(spread, axis=0), np.nanmean(spread, axis=0)])
     return {k: {kk: np.round(vv, 1).tolist() for kk, vv in v.items()} for k, v in out.items()}
 
 

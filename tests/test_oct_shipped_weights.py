@@ -11,7 +11,7 @@
   override give the calls recorded for these weights (within one scan), with the accuracy and urgent AUROC
   measured. The shipped weights were fine-tuned on these 48 scans (after synthetic pre-training), so the
   figures are a fit to their training data, not a performance estimate (the card's is the cross-validation,
-  0.71); the test checks that nothing between the file and the prediction is broken (reading,
+  0.75); the test checks that nothing between the file and the prediction is broken (reading,
   preprocessing, float16 storage).
 """
 

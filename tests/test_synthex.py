@@ -197,6 +197,17 @@ def test_oct_realism_compares_a_stand_in(tmp_path):
         tilt, bow = out[name]["rpe_tilt_bow"]
         assert 0 <= tilt < 200 and abs(bow) < 200
         assert 20 < out[name]["retina_rows"] < 170  # a retina, between the vitreous and the RPE
+        (median_now, median_before), _ = out[name]["band_rpe_spread"]
+        assert 0 <= median_now <= 8 and 0 <= median_before < 100  # synthetic retinas: the band leaves the RPE flat
+    # a stripe brighter than the RPE above it over the right third (a nerve fibre layer near the disc): the
+    # brightest-row quadratic leaves the RPE curved in the band, the band's fit now does not
+    scan = np.full((496, 512), 30.0)
+    xn = np.linspace(-1, 1, 512)
+    rows = np.arange(496)[:, None]
+    rpe = 300 - 40 * xn**2 + 20 * xn**3
+    scan += 150 * np.exp(-(((rows - rpe) / 4.0) ** 2))
+    scan += 150 * (xn > 0.35) * np.exp(-(((rows - (rpe - 90)) / 4.0) ** 2))
+    assert module.band_rpe_spread(scan) <= 3 < 20 < module.band_rpe_spread(scan, module.CALIBRATION_FIT)
 
 
 def test_cxr_realism_tells_films_with_ribs_from_films_without(tmp_path):

@@ -18,7 +18,7 @@ OCTRetinaBandd
     scanners and say nothing about disease, are removed; drusen, detachments and cysts, which deviate from
     the fitted curve locally, are kept; the network sees the retina at about twice the resolution. On the 48
     real OCT2017 scans here the RPE's spread in the band (rows between its 10th and 90th percentile, of 248)
-    is 4 in the median, where the brightest-row quadratic used before 2026-12-07 left 15 (it followed the
+    is 4 in the median, where the brightest-row quadratic used before 2026-12-07 left 14 (it followed the
     nerve fibre layer near the disc and could not bend to asymmetric retinas; ``scripts/oct_realism.py``).
 
 OCTNormalized
