@@ -2,6 +2,7 @@
 
     python scripts/oct_realism.py --real ../shared/data/oct2017_samples48 [--n_synthetic 48] [--seed 0] \
         [--synthetic_config docs/experiments/oct_synthex.yaml]
+    python scripts/oct_realism.py band_figure --real ../shared/data/oct2017_samples48 --out docs/images/oct_retina_band.png
 
 Both sets are compared at the scanner's geometry (496 rows; real scans resized to 496 x 512, synthetic ones
 rendered at that size by ``common.synthetic.oct``):
@@ -12,11 +13,12 @@ rendered at that size by ``common.synthetic.oct``):
   are aligned at their brightest row (the RPE, after a 5-row smoothing), synthetic ones at the RPE of the
   generator's own boundaries. Every 8th row is printed; below +100 rows it shows how fast the choroid and
   sclera fade into the dark;
-- the geometry of the RPE, measured the same way on both sets (``common.transforms.fit_rpe_curve``, the quadratic
-  through the columns' brightest rows): the median tilt and bow, rows from the centre to the edge of the scan;
+- the geometry of the RPE, measured the same way on both sets (``common.transforms.fit_rpe_curve`` with
+  ``CALIBRATION_FIT``, the quadratic through the columns' brightest rows): the median tilt and bow, rows from the
+  centre to the edge of the scan;
 - how flat the band leaves the RPE, every scan: rows between the 10th and 90th percentile of the brightest
   row near the band's RPE row, with ``OCTRetinaBandd``'s fit now and with the calibration fit;
-- the retina's thickness in NORMAL scans: on the band ``OCTRetinaBandd`` cuts with that fit (the RPE on one row), the rows
+- the retina's thickness in NORMAL scans: on the band ``OCTRetinaBandd`` cuts with ``CALIBRATION_FIT`` (the RPE on one row), the rows
   from where the median profile first rises halfway from the vitreous to the inner retina down to the RPE.
 
 The generator's layer reflectivities and display settings were set with this script (docs/synthetic_data.md).
@@ -90,10 +92,18 @@ def band_profile(image: np.ndarray) -> np.ndarray:
     return np.median(band[:, w // 4 : 3 * w // 4], axis=1)
 
 
-def band_rpe_spread(image: np.ndarray, fit: dict | None = None) -> float:
+def band_rpe_spread(image: np.ndarray, fit: dict[str, float] | None = None) -> float:
     """How flat the band leaves the RPE: rows between the 10th and 90th percentile of each column's brightest
-    row within 0.12 of the band's height of the row the band puts the RPE on (columns mostly export fill or
-    outside the scan there left out; NaN when none is left)."""
+    row within 0.12 of the band's height of the row the band puts the RPE on.
+
+    Args:
+        image: (rows, columns) 8-bit B-scan.
+        fit: ``OCTRetinaBandd``'s RPE-fit arguments (``None``: its defaults, the fit the bundle uses;
+            :data:`CALIBRATION_FIT`: the earlier one).
+
+    Returns:
+        the spread in rows of the band; NaN when every column is mostly export fill or outside the scan there.
+    """
     import torch
     from scipy import ndimage
 
@@ -108,6 +118,66 @@ def band_rpe_spread(image: np.ndarray, fit: dict | None = None) -> float:
     rows = np.argmax(ndimage.gaussian_filter(np.where(fill, 0.0, band), (2, 6))[lo:hi], axis=0)
     rows = rows[fill[lo:hi].mean(axis=0) < 0.5]
     return float(np.percentile(rows, 90) - np.percentile(rows, 10)) if rows.size else float("nan")
+
+
+def band_figure(real: str, out: str, n: int = 4, width: int = 240) -> str:
+    """Picture of the retina band cut with the calibration fit and with the band's fit now, on the ``n`` real
+    scans the calibration fit leaves most curved (chosen by that spread, no label used).
+
+    Each row: the scan with both RPE curves (red: the brightest-row quadratic; green: the band's fit now), the
+    band the quadratic cuts, the band cut now; every panel squashed to ``width`` columns.
+
+    Args:
+        real: real OCT2017-layout folder (``CNV/ DME/ DRUSEN/ NORMAL/``).
+        out: PNG to write.
+        n: scans shown.
+        width: panel width in pixels.
+
+    Returns:
+        ``out``.
+    """
+    from common.transforms import OCTRetinaBandd, fit_rpe_curve
+
+    files = sorted(Path(real).glob("*/*.jpeg"))
+    if not files:
+        raise SystemExit(f"{real}: no <CLASS>/*.jpeg B-scans")
+    scans = {f: np.asarray(Image.open(f).convert("L").resize(SHAPE[::-1], Image.BILINEAR)) for f in files}
+    worst = sorted(scans, key=lambda f: -np.nan_to_num(band_rpe_spread(scans[f], CALIBRATION_FIT)))[:n]
+    panel_h = int(round(width * SHAPE[0] / SHAPE[1] / 2))
+    rows = []
+    for f in worst:
+        grey = scans[f].astype(np.float32) / 255.0
+        rgb = np.repeat(scans[f][..., None], 3, axis=2).copy()
+        for fit, colour in ((CALIBRATION_FIT, (255, 40, 40)), ({}, (40, 255, 40))):
+            curve = np.round(fit_rpe_curve(grey, **fit)).astype(int)
+            for dy in (-1, 0, 1):
+                rgb[np.clip(curve + dy, 0, SHAPE[0] - 1), np.arange(SHAPE[1])] = colour
+        panels = [Image.fromarray(rgb).resize((width, 2 * panel_h), Image.BILINEAR)]
+        for fit in (CALIBRATION_FIT, {}):
+            band = OCTRetinaBandd("image", **fit)({"image": torch_image(grey)})["image"][0].numpy()
+            tile = Image.fromarray((band * 255).astype(np.uint8)).resize((width, panel_h), Image.BILINEAR).convert("RGB")
+            canvas = Image.new("RGB", (width, 2 * panel_h))
+            canvas.paste(tile, (0, panel_h // 2))
+            panels.append(canvas)
+        row = Image.new("RGB", (3 * width + 8, 2 * panel_h + 4), (255, 255, 255))
+        for k, panel in enumerate(panels):
+            row.paste(panel, (k * (width + 4), 2))
+        rows.append(row)
+    figure = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), (255, 255, 255))
+    for k, row in enumerate(rows):
+        figure.paste(row, (0, k * row.height))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    figure.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
+    print(f"{out}: {', '.join(f.name.split('-')[0] for f in worst)} (left: scan, red the quadratic, green the fit now; "
+          "middle: the quadratic's band; right: the band now)")
+    return out
+
+
+def torch_image(grey: np.ndarray):
+    """``(1, H, W)`` float32 tensor of a grey image in [0, 1]."""
+    import torch
+
+    return torch.as_tensor(np.asarray(grey, dtype=np.float32)[None])
 
 
 def retina_rows(profile: np.ndarray, rpe_row: int) -> float:
@@ -201,4 +271,7 @@ def main(real: str = "../shared/data/oct2017_samples48", n_synthetic: int = 48, 
 
 
 if __name__ == "__main__":
-    fire.Fire(main, serialize=lambda _: None)  # the table above is the output
+    if len(sys.argv) > 1 and sys.argv[1] == "band_figure":  # python scripts/oct_realism.py band_figure --real R --out F
+        fire.Fire(band_figure, sys.argv[2:], serialize=lambda _: None)
+    else:
+        fire.Fire(main, serialize=lambda _: None)  # the table above is the output

@@ -292,7 +292,7 @@ def real_vs_synthetic(out: Path, real: Path, seed: int, tile: int, per_row: int 
                 "Pediatric chest X-rays, real | synthetic (NORMAL, lobar, interstitial, lobar), 224 px", tile)
     written.append(_save_small(img, out / "real_vs_synthetic_cxr.png"))
 
-    # OCT: real B-scans beside synthetic ones of the calibrated set (the 0.4.0 weights' pre-training), both at 496
+    # OCT: real B-scans beside synthetic ones of the calibrated set (the 0.4.0 and 0.5.0 weights' pre-training), both at 496
     # rows squashed to the same tile
     calibrated = load_config(OCT_DEFAULTS, Path(__file__).resolve().parents[1] / "docs" / "experiments"
                              / "oct_synthex_calibrated.yaml")

@@ -33,14 +33,14 @@ CONFIGS = BUNDLE / "configs"
 WEIGHTS = BUNDLE / "models" / "model.pt"
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 REAL_DATA = Path(os.environ.get("OCT2017_SAMPLES48", REPO.parent / "shared" / "data" / "oct2017_samples48"))
-# the shipped weights (synthetic pre-training + fine-tuning on these 48 scans, on the flattened retina band) on
+# the shipped 0.5.0 weights (synthetic pre-training + fine-tuning on these 48 scans, on the flattened retina band) on
 # the 48 real scans they were fine-tuned on: 48 of 48 right, urgent-referral AUROC 1.0 (a fit to their training
 # data); calls per file, sorted by file name (C CNV, M DME, D DRUSEN, N NORMAL), as inference.yaml gave them with
 # the shipped float16 file
 MIN_REAL_CORRECT = 46
 MIN_REAL_URGENT_AUROC = 0.95
 REAL_CALLS = "CCCCCCCCCCCCMMMMMMMMMMMMDDDDDDDDDDDDNNNNNNNNNNNN"
-# the shipped weights on 12 synthetic B-scans of the generator's defaults (496 x 512, seed 3): 8 of 12 measured
+# the shipped 0.5.0 weights on 12 synthetic B-scans of the generator's defaults (496 x 512, seed 3): 8 of 12 measured
 # (pre-trained on the calibrated generator's look, docs/experiments/oct_synthex_calibrated.yaml, then fine-tuned
 # on real scans)
 MIN_SYNTHETIC_CORRECT = 7  # chance is 3

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -208,6 +209,8 @@ def test_oct_realism_compares_a_stand_in(tmp_path):
     scan += 150 * np.exp(-(((rows - rpe) / 4.0) ** 2))
     scan += 150 * (xn > 0.35) * np.exp(-(((rows - (rpe - 90)) / 4.0) ** 2))
     assert module.band_rpe_spread(scan) <= 3 < 20 < module.band_rpe_spread(scan, module.CALIBRATION_FIT)
+    figure = Image.open(module.band_figure(str(real), str(tmp_path / "band.png"), n=2, width=64))
+    assert figure.size == (3 * 64 + 8, 2 * (2 * 31 + 4))  # two scans: the scan with both curves, two bands
 
 
 def test_cxr_realism_tells_films_with_ribs_from_films_without(tmp_path):

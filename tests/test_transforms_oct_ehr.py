@@ -131,7 +131,7 @@ def test_oct_retina_band_keeps_export_fill_out_of_the_fit_and_checks_input():
 
 def test_rpe_fit_ignores_columns_where_something_outshines_the_rpe():
     """In a fifth of the columns, scattered, a brighter band lies 80 rows above the RPE (vessel walls, a bright
-    nerve fibre layer): the refitted quadratic follows the RPE, where one fit through every column's maximum is
+    nerve fibre layer): the refitted curve follows the RPE, where one fit through every column's maximum is
     dragged up. (A contiguous block of them near the disc: the next test.)"""
     from common.transforms.oct import fit_rpe_curve
 

@@ -130,7 +130,19 @@ class OCTNormalized(MapTransform):
 
 
 def _robust_polyfit(xn: np.ndarray, rows: np.ndarray, cols: np.ndarray, degree: int, h: int, min_columns: int) -> np.ndarray:
-    """Polynomial through ``rows[cols]``, refitted twice without the columns far from the fit."""
+    """Polynomial through ``rows[cols]``, refitted twice without the columns far from the fit.
+
+    Args:
+        xn: every column's position, scaled to [-1, 1].
+        rows: every column's candidate row.
+        cols: the usable columns (not export fill).
+        degree: degree of the polynomial.
+        h: the image's height (the outlier threshold is at least 2% of it).
+        min_columns: stop refitting when fewer columns would be kept.
+
+    Returns:
+        the polynomial's coefficients, highest power first (``np.polyval``).
+    """
     keep = cols
     coef = np.polyfit(xn[keep], rows[keep], degree)
     for _ in range(2):  # the nerve fibre layer or a detachment can outshine the RPE in some columns
@@ -164,7 +176,8 @@ def fit_rpe_curve(
         image: (rows, columns) B-scan in [0, 1]; pixels exactly 0 or 1 (export fill) are ignored.
         smooth: Gaussian sigma (rows, columns) before the rows are taken, so that the thick RPE
             complex, not a speck of speckle, is the maximum.
-        min_columns: fewer usable columns than this: the curve is the flat row of the median candidate.
+        min_columns: fewer usable columns than this (or than the polynomial has terms): the curve is the flat
+            row of the usable columns' median candidate.
         degree: degree of the fitted polynomial.
         bright_fraction: a column's candidate is its deepest row at least this fraction of its maximum
             (1.0: the brightest row).
@@ -176,26 +189,33 @@ def fit_rpe_curve(
     """
     if not 0.0 < bright_fraction <= 1.0:
         raise ValueError(f"fit_rpe_curve needs 0 < bright_fraction <= 1, got {bright_fraction}")
+    if int(degree) != degree or degree < 0 or not 0.0 <= refine_window < 0.5:
+        raise ValueError(f"fit_rpe_curve needs an integer degree >= 0 and 0 <= refine_window < 0.5, got {degree}, {refine_window}")
     h, w = image.shape
     fill = (image <= 0.0) | (image >= 1.0)
     smoothed = ndimage.gaussian_filter(np.where(fill, 0.0, image).astype(np.float32), smooth)
+    brightest = np.argmax(smoothed, axis=0)
     if bright_fraction >= 1.0:
-        rows = np.argmax(smoothed, axis=0).astype(np.float64)
+        rows = brightest.astype(np.float64)
     else:
-        bright = smoothed >= bright_fraction * smoothed.max(axis=0, keepdims=True)
-        rows = (h - 1 - np.argmax(bright[::-1], axis=0)).astype(np.float64)
+        peak = smoothed.max(axis=0, keepdims=True)
+        deepest = h - 1 - np.argmax((smoothed >= bright_fraction * peak)[::-1], axis=0)
+        rows = np.where(peak[0] > 0.0, deepest, brightest).astype(np.float64)  # a column of fill has no bright row
     cols = np.flatnonzero(fill.mean(axis=0) < 0.5)
     xn = (np.arange(w) - (w - 1) / 2) / max((w - 1) / 2, 1)
-    if cols.size < min_columns:
-        return np.full(w, float(np.median(rows)))
-    coef = _robust_polyfit(xn, rows, cols, degree, h, min_columns)
+    # too few usable columns for a curve (a blank or all-fill image), or fewer than the polynomial has terms
+    if cols.size < max(min_columns, int(degree) + 1):
+        return np.full(w, float(np.median(rows[cols] if cols.size else rows)))
+    coef = _robust_polyfit(xn, rows, cols, int(degree), h, min_columns)
     half = int(round(refine_window * h))
     if half > 0:
-        window = np.round(np.polyval(coef, xn)).astype(np.int64)[None, :] + np.arange(-half, half + 1)[:, None]
+        # the window is centred on the first fit where it lies in the image (a steep dome can run out of it)
+        centre = np.clip(np.round(np.polyval(coef, xn)), 0, h - 1).astype(np.int64)
+        window = centre[None, :] + np.arange(-half, half + 1)[:, None]
         inside = (window >= 0) & (window < h)
         values = np.where(inside, smoothed[np.clip(window, 0, h - 1), np.arange(w)[None, :]], -1.0)
         rows = window[np.argmax(values, axis=0), np.arange(w)].astype(np.float64)
-        coef = _robust_polyfit(xn, rows, cols, degree, h, min_columns)
+        coef = _robust_polyfit(xn, rows, cols, int(degree), h, min_columns)
     return np.clip(np.polyval(coef, xn), 0, h - 1)
 
 
@@ -231,7 +251,7 @@ class OCTRetinaBandd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if not (0.0 < above <= 1.0 and 0.0 <= below <= 1.0):
             raise ValueError(f"OCTRetinaBandd needs 0 < above <= 1 and 0 <= below <= 1, got {above}, {below}")
-        if not (0.0 < bright_fraction <= 1.0 and 0.0 <= refine_window < 0.5 and int(degree) >= 0):
+        if not (0.0 < bright_fraction <= 1.0 and 0.0 <= refine_window < 0.5 and int(degree) == degree >= 0):
             raise ValueError(
                 "OCTRetinaBandd needs degree >= 0, 0 < bright_fraction <= 1 and 0 <= refine_window < 0.5, "
                 f"got {degree}, {bright_fraction}, {refine_window}"
