@@ -178,6 +178,10 @@ def test_rpe_fit_follows_an_asymmetric_rpe_under_a_bright_nerve_fibre_layer():
     assert np.percentile(np.abs(brightest - round(0.35 * h)), 90) <= 3
     with pytest.raises(ValueError, match="bright_fraction"):
         OCTRetinaBandd("image", bright_fraction=0.0)
+    with pytest.raises(ValueError, match="integer degree"):
+        fit_rpe_curve(image, degree=2.5)
+    # a scan that is all export fill has no RPE: a flat curve on the top row, as the earlier fit gave
+    assert np.array_equal(fit_rpe_curve(np.ones((40, 30))), fit_rpe_curve(np.ones((40, 30)), degree=2, bright_fraction=1.0, refine_window=0.0))
 
 
 def test_oct_blank_or_volume_is_refused(tmp_path):
