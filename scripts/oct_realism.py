@@ -80,14 +80,29 @@ def rpe_geometry(image: np.ndarray) -> np.ndarray:
     return np.array([abs(right - left) / 2, centre - (left + right) / 2])  # bow > 0: the edges rise
 
 
-def band_profile(image: np.ndarray) -> np.ndarray:
-    """Median column of the flattened retina band (``OCTRetinaBandd``, then ``OCTNormalized``), central half."""
+def cut_band(image: np.ndarray, fit: dict[str, float] | None = None, normalise: bool = False) -> np.ndarray:
+    """The retina band ``OCTRetinaBandd`` cuts from an 8-bit B-scan.
+
+    Args:
+        image: (rows, columns) 8-bit B-scan.
+        fit: ``OCTRetinaBandd``'s RPE-fit arguments (``None``: its defaults, the fit the bundle uses;
+            :data:`CALIBRATION_FIT`: the earlier one).
+        normalise: ``OCTNormalized`` after the cut, as the bundle's preprocessing does.
+
+    Returns:
+        the (band rows, columns) band in [0, 1].
+    """
     import torch
 
     from common.transforms import OCTNormalized, OCTRetinaBandd
 
-    x = {"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)}
-    band = OCTNormalized("image")(OCTRetinaBandd("image", **CALIBRATION_FIT)(x))["image"][0].numpy()
+    x = OCTRetinaBandd("image", **(fit or {}))({"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)})
+    return (OCTNormalized("image")(x) if normalise else x)["image"][0].numpy()
+
+
+def band_profile(image: np.ndarray) -> np.ndarray:
+    """Median column of the flattened retina band (``OCTRetinaBandd``, then ``OCTNormalized``), central half."""
+    band = cut_band(image, CALIBRATION_FIT, normalise=True)
     w = band.shape[1]
     return np.median(band[:, w // 4 : 3 * w // 4], axis=1)
 
@@ -104,15 +119,14 @@ def band_rpe_spread(image: np.ndarray, fit: dict[str, float] | None = None) -> f
     Returns:
         the spread in rows of the band; NaN when every column is mostly export fill or outside the scan there.
     """
-    import torch
     from scipy import ndimage
 
     from common.transforms import OCTRetinaBandd
 
-    cut = OCTRetinaBandd("image", **(fit or {}))
-    band = cut({"image": torch.as_tensor(np.asarray(image, dtype=np.float32)[None] / 255.0)})["image"][0].numpy()
+    band = cut_band(image, fit)
     h = band.shape[0]
-    target = int(round(cut.above / (cut.above + cut.below) * h))
+    defaults = OCTRetinaBandd("image")  # where the band puts the RPE: above / (above + below) of its height
+    target = int(round(defaults.above / (defaults.above + defaults.below) * h))
     lo, hi = max(target - int(0.12 * h), 0), target + int(0.12 * h)
     fill = (band <= 0.0) | (band >= 1.0)  # export fill, and rows the band took from outside the scan
     rows = np.argmax(ndimage.gaussian_filter(np.where(fill, 0.0, band), (2, 6))[lo:hi], axis=0)
@@ -136,7 +150,7 @@ def band_figure(real: str, out: str, n: int = 4, width: int = 240) -> str:
     Returns:
         ``out``.
     """
-    from common.transforms import OCTRetinaBandd, fit_rpe_curve
+    from common.transforms import fit_rpe_curve
 
     files = sorted(Path(real).glob("*/*.jpeg"))
     if not files:
@@ -154,7 +168,7 @@ def band_figure(real: str, out: str, n: int = 4, width: int = 240) -> str:
                 rgb[np.clip(curve + dy, 0, SHAPE[0] - 1), np.arange(SHAPE[1])] = colour
         panels = [Image.fromarray(rgb).resize((width, 2 * panel_h), Image.BILINEAR)]
         for fit in (CALIBRATION_FIT, {}):
-            band = OCTRetinaBandd("image", **fit)({"image": torch_image(grey)})["image"][0].numpy()
+            band = cut_band(scans[f], fit)
             tile = Image.fromarray((band * 255).astype(np.uint8)).resize((width, panel_h), Image.BILINEAR).convert("RGB")
             canvas = Image.new("RGB", (width, 2 * panel_h))
             canvas.paste(tile, (0, panel_h // 2))
@@ -171,13 +185,6 @@ def band_figure(real: str, out: str, n: int = 4, width: int = 240) -> str:
     print(f"{out}: {', '.join(f.name.split('-')[0] for f in worst)} (left: scan, red the quadratic, green the fit now; "
           "middle: the quadratic's band; right: the band now)")
     return out
-
-
-def torch_image(grey: np.ndarray):
-    """``(1, H, W)`` float32 tensor of a grey image in [0, 1]."""
-    import torch
-
-    return torch.as_tensor(np.asarray(grey, dtype=np.float32)[None])
 
 
 def retina_rows(profile: np.ndarray, rpe_row: int) -> float:

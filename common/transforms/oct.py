@@ -154,6 +154,15 @@ def _robust_polyfit(xn: np.ndarray, rows: np.ndarray, cols: np.ndarray, degree: 
     return coef
 
 
+def _check_rpe_fit(degree: float, bright_fraction: float, refine_window: float, owner: str) -> None:
+    """Refuse RPE-fit settings :func:`fit_rpe_curve` cannot use (``owner`` names the caller in the message)."""
+    if int(degree) != degree or degree < 0 or not 0.0 < bright_fraction <= 1.0 or not 0.0 <= refine_window < 0.5:
+        raise ValueError(
+            f"{owner} needs an integer degree >= 0, 0 < bright_fraction <= 1 and 0 <= refine_window < 0.5, "
+            f"got {degree}, {bright_fraction}, {refine_window}"
+        )
+
+
 def fit_rpe_curve(
     image: np.ndarray,
     smooth: tuple[float, float] = (3.0, 6.0),
@@ -187,10 +196,7 @@ def fit_rpe_curve(
     Returns:
         (columns,) float row of the fitted RPE, clipped to the image.
     """
-    if not 0.0 < bright_fraction <= 1.0:
-        raise ValueError(f"fit_rpe_curve needs 0 < bright_fraction <= 1, got {bright_fraction}")
-    if int(degree) != degree or degree < 0 or not 0.0 <= refine_window < 0.5:
-        raise ValueError(f"fit_rpe_curve needs an integer degree >= 0 and 0 <= refine_window < 0.5, got {degree}, {refine_window}")
+    _check_rpe_fit(degree, bright_fraction, refine_window, "fit_rpe_curve")
     h, w = image.shape
     fill = (image <= 0.0) | (image >= 1.0)
     smoothed = ndimage.gaussian_filter(np.where(fill, 0.0, image).astype(np.float32), smooth)
@@ -251,11 +257,7 @@ class OCTRetinaBandd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if not (0.0 < above <= 1.0 and 0.0 <= below <= 1.0):
             raise ValueError(f"OCTRetinaBandd needs 0 < above <= 1 and 0 <= below <= 1, got {above}, {below}")
-        if not (0.0 < bright_fraction <= 1.0 and 0.0 <= refine_window < 0.5 and int(degree) == degree >= 0):
-            raise ValueError(
-                "OCTRetinaBandd needs degree >= 0, 0 < bright_fraction <= 1 and 0 <= refine_window < 0.5, "
-                f"got {degree}, {bright_fraction}, {refine_window}"
-            )
+        _check_rpe_fit(degree, bright_fraction, refine_window, "OCTRetinaBandd")  # at construction, not per scan
         self.above, self.below = float(above), float(below)
         self.fit = {"degree": int(degree), "bright_fraction": float(bright_fraction), "refine_window": float(refine_window)}
 
